@@ -1,0 +1,191 @@
+"""Typed parameter models: params.yaml is validated here before any stage does work.
+
+Every model forbids unknown keys, so a typo fails loudly with the dotted key that is wrong.
+Pluggable parts follow threestudio's convention: ``<part>_type`` names a registered
+implementation and the sibling ``<part>`` block is validated against that
+implementation's own config model.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ParamsError(ValueError):
+    """An invalid params file; the message names every offending key and why."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+DEFAULT_CATEGORIES = (
+    "chair", "table", "stool", "mug", "bottle", "lamp",
+    "car", "airplane", "rocket", "house", "tree", "snowman",
+)
+
+
+class MirrorParams(Strict):
+    root: str = "data/mirror"
+    categories: tuple[str, ...] = DEFAULT_CATEGORIES
+    instances_per_category: int = Field(14, ge=1, le=10_000)
+    packaged_meshes_dir: str = ".cache/cgal/meshes"
+    packaged_meshes: int = Field(12, ge=0, le=200)
+    junk_per_kind: int = Field(1, ge=0, le=100)
+    # > 0 writes an annotation-only mirror of this many records instead (benchmarks).
+    annotation_only_records: int = Field(0, ge=0, le=2_000_000)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _known_categories(self) -> "MirrorParams":
+        from dreamline.sources.procedural import CATEGORY_BUILDERS
+
+        unknown = sorted(set(self.categories) - set(CATEGORY_BUILDERS))
+        if unknown:
+            raise ValueError(
+                f"unknown categories {unknown}; known: {sorted(CATEGORY_BUILDERS)}"
+            )
+        if len(set(self.categories)) != len(self.categories):
+            raise ValueError("categories must not repeat")
+        return self
+
+
+class MetadataFilterParams(Strict):
+    tag_blocklist: tuple[str, ...] = (
+        "lowpoly", "low-poly", "low-poly-model", "pointcloud", "point-cloud",
+        "scan", "3dscan", "3d-scan", "photogrammetry", "lidar", "scene", "environment",
+    )
+    category_blocklist: tuple[str, ...] = ()
+    license_allowlist: tuple[str, ...] = ("by", "by-sa", "cc0")
+    min_faces: int = Field(50, ge=0)
+    max_faces: int = Field(200_000, ge=1)
+    max_animation_count: int = Field(0, ge=0)
+    allow_age_restricted: bool = False
+
+    @model_validator(mode="after")
+    def _range(self) -> "MetadataFilterParams":
+        if self.min_faces >= self.max_faces:
+            raise ValueError("min_faces must be smaller than max_faces")
+        return self
+
+
+class GeometryParams(Strict):
+    min_faces: int = Field(4, ge=1)
+    # Share of faces with (near) zero area above which a mesh counts as degenerate.
+    max_degenerate_fraction: float = Field(0.5, gt=0.0, le=1.0)
+    # Components whose boxes, grown by this share of the object size, touch are one object.
+    scene_gap: float = Field(0.05, ge=0.0, le=1.0)
+    # A second cluster larger than this share of the whole box makes a multi-object scene.
+    scene_min_cluster_size: float = Field(0.15, gt=0.0, le=1.0)
+    # Objects whose shortest side is below this share of the longest are cards or
+    # planes (posters, terrain tiles), not objects.
+    min_thickness_ratio: float = Field(0.01, ge=0.0, lt=1.0)
+    # Longest side of the tight bounding box after normalisation.
+    target_size: float = Field(1.0, gt=0.0)
+
+
+class CurateParams(Strict):
+    metadata: MetadataFilterParams = MetadataFilterParams()
+    geometry: GeometryParams = GeometryParams()
+    shard_size: int = Field(32, ge=1, le=100_000)
+    retries: int = Field(1, ge=0, le=10)
+
+
+class TemplateCaptionerParams(Strict):
+    # How many alternative phrasings the template captioner picks from per object.
+    variety: int = Field(6, ge=1, le=16)
+    suffix: str = ""
+
+
+class ImageCaptionerParams(Strict):
+    model_path: str = "models/captioner"
+    n_views: int = Field(4, ge=1, le=32)
+    resolution: int = Field(224, ge=16, le=1024)
+    max_new_tokens: int = Field(30, ge=1, le=200)
+    elevation_deg: float = Field(20.0, ge=-89.0, le=89.0)
+    device: str = "cpu"
+
+
+CAPTIONER_PARAMS: dict[str, type[Strict]] = {
+    "template": TemplateCaptionerParams,
+    "image": ImageCaptionerParams,
+}
+
+
+class SplitParams(Strict):
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "SplitParams":
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must leave a train split")
+        return self
+
+
+class CaptionParams(Strict):
+    captioner_type: str = "template"
+    captioner: dict[str, Any] = Field(default_factory=dict)
+    split: SplitParams = SplitParams()
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _captioner_block(self) -> "CaptionParams":
+        if self.captioner_type not in CAPTIONER_PARAMS:
+            raise ValueError(
+                f"captioner_type {self.captioner_type!r} is not registered; "
+                f"known: {sorted(CAPTIONER_PARAMS)}"
+            )
+        CAPTIONER_PARAMS[self.captioner_type].model_validate(self.captioner)
+        return self
+
+    def captioner_config(self) -> Strict:
+        return CAPTIONER_PARAMS[self.captioner_type].model_validate(self.captioner)
+
+
+class Params(Strict):
+    seed: int = 0
+    mirror: MirrorParams = MirrorParams()
+    curate: CurateParams = CurateParams()
+    caption: CaptionParams = CaptionParams()
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid parameters"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any] | None, source: str = "params") -> Params:
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ParamsError(_format_errors(err, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: no such params file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping")
+    return parse_params(raw, str(path))
+
+
+def params_to_dict(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json")
+
+
