@@ -29,7 +29,6 @@ DEFAULT_CATEGORIES = (
 
 
 class MirrorParams(Strict):
-    root: str = "data/mirror"
     categories: tuple[str, ...] = DEFAULT_CATEGORIES
     instances_per_category: int = Field(14, ge=1, le=10_000)
     packaged_meshes_dir: str = ".cache/cgal/meshes"

@@ -250,9 +250,9 @@ def write_annotation_only(root: str | Path, n: int, seed: int = 0) -> int:
     return n
 
 
-def build_mirror(p: MirrorParams, root: str | Path | None = None) -> dict[str, Any]:
+def build_mirror(p: MirrorParams, root: str | Path) -> dict[str, Any]:
     """Write the default mirror (or an annotation-only one) and return a summary."""
-    root = Path(root or p.root)
+    root = Path(root)
     if p.annotation_only_records:
         n = write_annotation_only(root, p.annotation_only_records, p.seed)
         return {"objects": n, "annotation_only": True, "glbs_written": 0}

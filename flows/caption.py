@@ -1,0 +1,51 @@
+"""Prefect flow of the `caption` stage: captions per kept object, reused by key."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.cache_policies import NO_CACHE
+
+from dreamline import paths
+from dreamline.captioning import captions as cap
+from dreamline.config import Params
+from tasks.captioning import caption_shard
+from tasks.common import gather
+
+
+@task(name="caption-and-save-shard", cache_policy=NO_CACHE)
+def caption_and_save(items, keys, p, out_root: Path) -> list[str]:
+    texts = caption_shard.fn(items, p)
+    cap.write_part(out_root, keys, texts)  # a killed run keeps finished shards
+    return texts
+
+
+@flow(name="caption")
+def caption_flow(params: Params, curated_root: Path = paths.CURATED,
+                 out_root: Path = paths.CAPTIONS, shard_size: int = 64) -> dict:
+    logger = get_run_logger()
+    p = params.caption
+    started = time.time()
+    objects = pd.read_parquet(Path(curated_root) / "objects.parquet")
+    items = cap.caption_inputs(objects, Path(curated_root))
+    mesh_sha = dict(zip(objects["uid"], objects["mesh_sha256"]))
+    keys = [cap.caption_key(it, mesh_sha.get(it.uid), p) for it in items]
+    cache = cap.load_caption_cache(Path(out_root))
+    todo = [i for i, k in enumerate(keys) if k not in cache]
+    logger.info("caption: %d kept objects, %d cached, %d to caption with %r",
+                len(items), len(items) - len(todo), len(todo), p.captioner_type)
+    batches = [todo[i: i + shard_size] for i in range(0, len(todo), shard_size)]
+    futures = caption_and_save.map([[items[i] for i in b] for b in batches],
+                                   [[keys[i] for i in b] for b in batches],
+                                   unmapped(p), unmapped(Path(out_root)))
+    for b, texts in zip(batches, gather(futures, "caption", len(todo))):
+        cache.update({keys[i]: t for i, t in zip(b, texts)})
+    table = cap.caption_table(items, [cache[k] for k in keys], keys, p)
+    cap.finish(Path(out_root), table)
+    dt = time.time() - started
+    summary = {"objects": len(items), "captioned": len(todo), "reused": len(items) - len(todo),
+               "splits": table["split"].value_counts().to_dict(), "seconds": round(dt, 3)}
+    logger.info("caption: %s", summary)
+    return summary

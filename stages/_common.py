@@ -1,0 +1,37 @@
+"""Shared entry-point plumbing for `python -m stages.<name>` (what dvc.yaml runs)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+# Offline and quiet by default; set before prefect / transformers are imported.
+for key, value in {
+    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+}.items():
+    os.environ.setdefault(key, value)
+
+from dreamline.config import ParamsError, load_params  # noqa: E402
+
+
+def run_stage(name: str, flow_ref: str) -> None:
+    """Validate params, then import and run the flow `module:function` with them."""
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{name}")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+    try:
+        params = load_params(args.params)  # fail fast, before any work or server start
+    except ParamsError as err:
+        print(f"stage {name}: {err}", file=sys.stderr)
+        sys.exit(2)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    for noisy in ("httpx", "httpcore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    import importlib
+
+    module, func = flow_ref.split(":")
+    summary = getattr(importlib.import_module(module), func)(params)
+    print(f"stage {name}: {summary}")

@@ -1,0 +1,27 @@
+"""Shared Prefect task plumbing."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable
+
+from prefect import get_run_logger
+from prefect.futures import PrefectFuture
+
+
+def gather(futures: Iterable[PrefectFuture], label: str, total_items: int) -> list[Any]:
+    """Wait for mapped futures in order, logging progress and throughput as shards finish."""
+    logger = get_run_logger()
+    futures = list(futures)
+    started = time.time()
+    out = []
+    for i, fut in enumerate(futures, 1):
+        out.append(fut.result())
+        if i == len(futures) or i % max(1, len(futures) // 10) == 0:
+            dt = max(time.time() - started, 1e-9)
+            logger.info("%s: %d/%d shards done, %.1f items/s", label, i, len(futures),
+                        total_items * i / len(futures) / dt)
+    return out
+
+
+def flatten(lists: Iterable[list]) -> list:
+    return [x for xs in lists for x in xs]
