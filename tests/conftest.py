@@ -74,8 +74,10 @@ class Project:
         self.api_url = api_url
 
     def set_params(self, extra: dict) -> None:
+        """The repo's params, made small for tests, with `extra` on top."""
         raw = yaml.safe_load((REPO / "params.yaml").read_text())
-        (self.root / "params.yaml").write_text(yaml.safe_dump(deep_update(raw, extra)))
+        raw = deep_update(deep_update(raw, SMALL_PARAMS), extra)
+        (self.root / "params.yaml").write_text(yaml.safe_dump(raw))
 
     def env(self) -> dict:
         env = dict(os.environ)
@@ -104,7 +106,7 @@ def make_project(tmp: Path, api_url: str | None, extra: dict | None = None) -> P
             shutil.copy2(src, tmp / item)
     write_test_meshes(tmp / ".cache/cgal/meshes", ["bunny00.off", "elephant.off", "camel.off"])
     proj = Project(tmp, api_url)
-    proj.set_params(deep_update(SMALL_PARAMS, extra or {}))
+    proj.set_params(extra or {})
     return proj
 
 

@@ -75,16 +75,13 @@ def test_adding_one_object_reprocesses_exactly_one(project):
 
     # A geometry parameter re-processes what went through geometry checks, nothing else.
     before = s["geometry_processed"] + s["geometry_reused"]
-    project.set_params({"mirror": {"instances_per_category": 1, "packaged_meshes": 3, "junk_per_kind": 1},
-                        "curate": {"shard_size": 8, "geometry": {"scene_gap": 0.06}}})
+    project.set_params({"curate": {"geometry": {"scene_gap": 0.06}}})
     project.stage("curate")
     s = summary(project)
     assert s["geometry_processed"] == before and s["geometry_reused"] == 0
 
     # Metadata parameters do not touch geometry work.
-    project.set_params({"mirror": {"instances_per_category": 1, "packaged_meshes": 3, "junk_per_kind": 1},
-                        "curate": {"shard_size": 8, "geometry": {"scene_gap": 0.06},
-                                   "metadata": {"min_faces": 40}}})
+    project.set_params({"curate": {"geometry": {"scene_gap": 0.06}, "metadata": {"min_faces": 40}}})
     project.stage("curate")
     assert summary(project)["geometry_processed"] == 0
 
