@@ -91,6 +91,8 @@ class CurateParams(Strict):
     geometry: GeometryParams = GeometryParams()
     shard_size: int = Field(32, ge=1, le=100_000)
     retries: int = Field(1, ge=0, le=10)
+    # Processes reading annotation shards (used from 20K candidates up); 1 per core.
+    load_workers: int = Field(2, ge=1, le=64)
 
 
 class TemplateCaptionerParams(Strict):
@@ -139,7 +141,14 @@ class CaptionParams(Strict):
                 f"captioner_type {self.captioner_type!r} is not registered; "
                 f"known: {sorted(CAPTIONER_PARAMS)}"
             )
-        CAPTIONER_PARAMS[self.captioner_type].model_validate(self.captioner)
+        try:
+            CAPTIONER_PARAMS[self.captioner_type].model_validate(self.captioner)
+        except ValidationError as err:
+            problems = "; ".join(
+                f"captioner.{'.'.join(map(str, e['loc']))}: "
+                + ("unknown key (typo?)" if e["type"] == "extra_forbidden" else e["msg"])
+                for e in err.errors())
+            raise ValueError(f"{problems} (captioner_type {self.captioner_type!r})") from None
         return self
 
     def captioner_config(self) -> Strict:

@@ -37,9 +37,16 @@ def caption_flow(params: Params, curated_root: Path = paths.CURATED,
     logger.info("caption: %d kept objects, %d cached, %d to caption with %r",
                 len(items), len(items) - len(todo), len(todo), p.captioner_type)
     batches = [todo[i: i + shard_size] for i in range(0, len(todo), shard_size)]
-    futures = caption_and_save.map([[items[i] for i in b] for b in batches],
-                                   [[keys[i] for i in b] for b in batches],
-                                   unmapped(p), unmapped(Path(out_root)))
+    item_batches = [[items[i] for i in b] for b in batches]
+    key_batches = [[keys[i] for i in b] for b in batches]
+    if p.captioner_type == "image":
+        # One OpenGL context and one model at a time: shards run in sequence.
+        futures = []
+        for ib, kb in zip(item_batches, key_batches):
+            futures.append(caption_and_save.submit(ib, kb, p, Path(out_root)))
+            futures[-1].wait()
+    else:
+        futures = caption_and_save.map(item_batches, key_batches, unmapped(p), unmapped(Path(out_root)))
     for b, texts in zip(batches, gather(futures, "caption", len(todo))):
         cache.update({keys[i]: t for i, t in zip(b, texts)})
     table = cap.caption_table(items, [cache[k] for k in keys], keys, p)

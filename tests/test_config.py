@@ -16,7 +16,7 @@ def test_committed_params_are_valid():
     ({"mirror": {"categories": ["chair", "spaceship"]}}, "mirror", "spaceship"),
     ({"caption": {"split": {"val_fraction": 0.6, "test_fraction": 0.5}}}, "caption.split", "train split"),
     ({"caption": {"captioner_type": "blip2"}}, "caption", "blip2"),
-    ({"caption": {"captioner": {"varety": 3}}}, "caption", "varety"),
+    ({"caption": {"captioner": {"varety": 3}}}, "caption", "captioner.varety: unknown key"),
     ({"curate": {"metadata": {"min_faces": 10, "max_faces": 5}}}, "curate.metadata", "min_faces"),
 ])
 def test_invalid_params_name_the_key(raw, key, why):

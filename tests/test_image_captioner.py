@@ -32,8 +32,8 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def blip_dir(tmp_path_factory):
+def save_tiny_blip(root):
+    """A randomly initialised BLIP captioner + processor saved in transformers format."""
     from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipProcessor
     try:  # without torchvision, transformers falls back to this class (and warns on the other)
         from transformers import BlipImageProcessorPil as ImageProcessor
@@ -41,7 +41,7 @@ def blip_dir(tmp_path_factory):
         from transformers import BlipImageProcessor as ImageProcessor
 
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("blip")
+    root.mkdir(parents=True, exist_ok=True)
     vocab = SPECIAL + WORDS
     (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tok = BertTokenizer(vocab=str(root / "vocab.txt"), bos_token="[DEC]")
@@ -67,6 +67,11 @@ def blip_dir(tmp_path_factory):
     model.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
     return model_dir
+
+
+@pytest.fixture(scope="module")
+def blip_dir(tmp_path_factory):
+    return save_tiny_blip(tmp_path_factory.mktemp("blip"))
 
 
 @pytest.fixture(scope="module")

@@ -95,3 +95,15 @@ def test_annotation_only_mirror(tmp_path, no_network):
     assert sum(len(s) for s in shards) == 3000
     raw = json.loads(gzip.decompress((tmp_path / "hf-objaverse-v1/object-paths.json.gz").read_bytes()))
     assert not (tmp_path / "hf-objaverse-v1" / raw[uids[0]]).exists()
+
+
+def test_parallel_candidate_loading_matches_serial(tmp_path, monkeypatch):
+    from dreamline.curation import candidates
+
+    write_annotation_only(tmp_path, 2000, seed=2)
+    serial = candidates.load_candidates(tmp_path, workers=1)
+    monkeypatch.setattr(candidates, "PARALLEL_LOAD_MIN", 100)
+    parallel = candidates.load_candidates(tmp_path, workers=2)
+    key = [("uid", "ascending")]
+    assert serial.sort_by(key).equals(parallel.sort_by(key))
+    assert serial.num_rows == 2000

@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pandas as pd
 import trimesh
+import yaml
 
 from dreamline.sources.junk import JUNK_KINDS
 
@@ -144,3 +145,25 @@ def test_invalid_parameter_fails_fast_naming_the_key(project):
     project.set_params({"caption": {"captioner_type": "templte"}})
     proc = project.stage("caption", check=False)
     assert proc.returncode == 2 and "captioner_type" in proc.stderr and "templte" in proc.stderr
+
+
+def test_caption_stage_with_image_captioner(project):
+    """The research-scale captioner through the real entry point, on a tiny random BLIP."""
+    from test_image_captioner import save_tiny_blip
+
+    model_dir = save_tiny_blip(project.root / "models")
+    project.set_params({"mirror": {"categories": ["chair", "mug"], "packaged_meshes": 1, "junk_per_kind": 0}})
+    params = yaml.safe_load((project.root / "params.yaml").read_text())
+    params["caption"]["captioner_type"] = "image"
+    params["caption"]["captioner"] = {"model_path": str(model_dir), "n_views": 2, "resolution": 32,
+                                      "max_new_tokens": 4}
+    (project.root / "params.yaml").write_text(yaml.safe_dump(params))
+    project.stage("mirror")
+    project.stage("curate")
+    project.stage("caption")
+    caps = pd.read_parquet(project.root / "data/captions/captions.parquet")
+    assert len(caps) == 3 and (caps["captioner"] == "image").all()
+    assert caps["caption"].str.split().str.len().ge(1).all()
+    # Cached by key: a rerun captions nothing.
+    out = project.stage("caption").stdout
+    assert "'captioned': 0" in out

@@ -21,7 +21,8 @@ import pyarrow as pa
 from dreamline.atomic import clean_temp_files, write_bytes_atomic, write_json_atomic, write_parquet_atomic
 from dreamline.config import CurateParams, GeometryParams
 from dreamline.curation.geometry import check_and_normalise
-from dreamline.curation.metadata_filter import filter_metadata, records_to_table
+from dreamline.curation.candidates import load_candidates
+from dreamline.curation.metadata_filter import filter_metadata
 from dreamline.sources import objaverse_reader as ov
 
 # Bump when geometry checks or normalisation change meaning: every object is redone.
@@ -65,21 +66,6 @@ class CuratedLayout:
 def geometry_key(sha256: str, p: GeometryParams) -> str:
     blob = json.dumps([sha256, p.model_dump(mode="json"), GEOMETRY_VERSION], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-def load_candidates(mirror_root: str | Path | None) -> pa.Table:
-    """All uids with their annotations (columnar) and LVIS category."""
-    ov.use_objaverse_root(mirror_root)
-    import objaverse
-
-    uids = objaverse.load_uids()
-    table = records_to_table(ov.iter_annotation_shards(uids))
-    missing = sorted(set(uids) - set(table.column("uid").to_pylist()))
-    if missing:  # listed in object-paths but without an annotation record
-        stub = pa.table({"uid": missing}).cast(pa.schema([("uid", pa.string())]))
-        table = pa.concat_tables([table, stub], promote_options="default")
-    lvis = ov.load_lvis_categories()
-    return table.append_column("lvis_category", pa.array([lvis.get(u) for u in table.column("uid").to_pylist()], pa.string()))
 
 
 def curate_object(uid: str, mirror_root: str | Path | None, p: GeometryParams,
@@ -203,7 +189,7 @@ def _typed(df: pd.DataFrame) -> pa.Table:
 def run_curation(mirror_root, p: CurateParams, out_root, source: str = "objaverse-mirror") -> dict:
     """Library entry point without an orchestrator (notebooks, tests of the pure path)."""
     started = time.time()
-    table = filter_metadata(load_candidates(mirror_root), p.metadata)
+    table = filter_metadata(load_candidates(mirror_root, p.load_workers), p.metadata)
     todo = [u for u, r in zip(table.column("uid").to_pylist(), table.column("meta_reason").to_pylist()) if r is None]
     rows = curate_shard(todo, mirror_root, p.geometry, out_root)
     return assemble(table, rows, source, out_root, started)

@@ -27,10 +27,10 @@ from dreamline.atomic import write_bytes_atomic
 from dreamline.config import MirrorParams
 from dreamline.sources import annotations as ann
 from dreamline.sources.junk import JUNK_KINDS
+from dreamline.sources.objaverse_reader import VERSIONED
 from dreamline.sources.packaged import available, load_packaged
 from dreamline.sources.procedural import PALETTE, build_object, colour_rgba, paint
 
-VERSIONED = "hf-objaverse-v1"
 N_SHARDS = 160  # objaverse 1.0 has metadata shards 000-000 .. 000-159
 MANIFEST = "dreamline-manifest.json"
 
