@@ -158,9 +158,9 @@ def assemble(candidates: pa.Table, geometry_rows: list[dict], source: str,
         "geometry_reused": reused,
         "meshes_removed": removed,
     }
+    write_json_atomic(layout.summary, summary)  # no timings here: outputs stay deterministic
     if started is not None:
         summary["seconds"] = round(time.time() - started, 3)
-    write_json_atomic(layout.summary, summary)
     return summary
 
 
