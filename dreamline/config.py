@@ -156,7 +156,6 @@ class CaptionParams(Strict):
 
 
 class Params(Strict):
-    seed: int = 0
     mirror: MirrorParams = MirrorParams()
     curate: CurateParams = CurateParams()
     caption: CaptionParams = CaptionParams()
