@@ -21,7 +21,8 @@ def objects(project) -> pd.DataFrame:
 
 
 def summary(project) -> dict:
-    return json.loads((project.root / "data/curated/summary.json").read_text())
+    root = project.root / "data/curated"
+    return {**json.loads((root / "summary.json").read_text()), **json.loads((root / "run.json").read_text())}
 
 
 def test_pipeline_rejects_every_junk_kind_and_normalises_kept(project):
@@ -92,7 +93,8 @@ def _snapshot(project) -> dict:
     df = objects(project).drop(columns=[])
     meshes = {p.name: p.read_bytes() for p in sorted((root / "meshes").glob("*.glb"))}
     return {"table": df, "meshes": meshes,
-            "files": sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())}
+            "files": sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()),
+            "summary": (root / "summary.json").read_bytes()}
 
 
 def test_killed_curation_resumes_to_identical_outputs(project, tmp_path_factory, prefect_api_url):
@@ -131,6 +133,7 @@ def test_killed_curation_resumes_to_identical_outputs(project, tmp_path_factory,
     pd.testing.assert_frame_equal(unbroken["table"], resumed["table"])
     assert unbroken["meshes"] == resumed["meshes"]
     assert unbroken["files"] == resumed["files"]
+    assert unbroken["summary"] == resumed["summary"]
 
 
 def test_invalid_parameter_fails_fast_naming_the_key(project):

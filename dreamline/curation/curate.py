@@ -56,6 +56,12 @@ class CuratedLayout:
     def summary(self) -> Path:
         return self.root / "summary.json"
 
+    @property
+    def run_stats(self) -> Path:
+        # How this run went (processed vs reused, seconds): differs between a fresh and an
+        # incremental run with identical results, so it is .dvcignore'd, not an output.
+        return self.root / "run.json"
+
     def mesh(self, uid: str) -> Path:
         return self.meshes / f"{uid}.glb"
 
@@ -154,14 +160,13 @@ def assemble(candidates: pa.Table, geometry_rows: list[dict], source: str,
         "kept": int(df["kept"].sum()),
         "rejected": int((~df["kept"]).sum()),
         "reject_reasons": {str(k): int(v) for k, v in reasons.items()},
-        "geometry_processed": processed,
-        "geometry_reused": reused,
-        "meshes_removed": removed,
     }
-    write_json_atomic(layout.summary, summary)  # no timings here: outputs stay deterministic
+    write_json_atomic(layout.summary, summary)
+    run = {"geometry_processed": processed, "geometry_reused": reused, "meshes_removed": removed}
     if started is not None:
-        summary["seconds"] = round(time.time() - started, 3)
-    return summary
+        run["seconds"] = round(time.time() - started, 3)
+    write_json_atomic(layout.run_stats, run)
+    return {**summary, **run}
 
 
 def _typed(df: pd.DataFrame) -> pa.Table:
