@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from prefect import get_run_logger
 from prefect.futures import PrefectFuture

@@ -1,7 +1,5 @@
 """`dvc repro` runs mirror -> curate -> caption; a second repro is a no-op."""
-import shutil
 import sys
-from pathlib import Path
 
 import pandas as pd
 

@@ -19,7 +19,8 @@ from dreamline.captioning.image import (  # noqa: E402
     ImageCaptioner, clean_caption, consensus_index,
 )
 from dreamline.config import ImageCaptionerParams  # noqa: E402
-from dreamline.rendering.quick_views import look_at, orbit_cameras, render_views  # noqa: E402
+from dreamline.rendering.cameras import look_at  # noqa: E402
+from dreamline.rendering.quick_views import orbit_cameras, render_views  # noqa: E402
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
 WORDS = ("a an the red blue green chair table box cube lamp car small large wooden metal of "

@@ -1,6 +1,4 @@
 import numpy as np
-import pyarrow as pa
-import pytest
 
 from dreamline.config import MetadataFilterParams
 from dreamline.curation.metadata_filter import filter_metadata, records_to_table, unreadable_names

@@ -18,34 +18,14 @@ import numpy as np
 # setdefault keeps an explicit choice such as "egl" on GPU hosts.
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 
+from dreamline.rendering.cameras import orbit_c2w
+
 YFOV_DEG = 40.0
 # Default camera distance for a unit-size object (longest side 1) when no mesh is at hand.
 DEFAULT_DISTANCE = 2.0
 _MARGIN = 1.05  # keeps silhouettes off the image border
 _AMBIENT = (0.35, 0.35, 0.35)
 _LIGHT_INTENSITY = 2.5
-
-
-def look_at(eye, target=(0.0, 0.0, 0.0), up=(0.0, 1.0, 0.0)) -> np.ndarray:
-    """Camera-to-world pose (OpenGL convention: the camera looks down its -Z, +Y is up)."""
-    eye = np.asarray(eye, dtype=np.float64)
-    target = np.asarray(target, dtype=np.float64)
-    up = np.asarray(up, dtype=np.float64)
-    z = eye - target
-    norm = np.linalg.norm(z)
-    if norm < 1e-12:
-        raise ValueError("look_at: eye and target coincide")
-    z /= norm
-    x = np.cross(up, z)
-    if np.linalg.norm(x) < 1e-8:
-        # Looking straight along `up` leaves the roll undefined; any perpendicular will do,
-        # and -Z keeps the object's front at the bottom of the image for top-down views.
-        x = np.cross(np.array([0.0, 0.0, -1.0]) if abs(z[2]) < 0.9 else np.array([1.0, 0.0, 0.0]), z)
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    pose = np.eye(4)
-    pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = x, y, z, eye
-    return pose
 
 
 def orbit_cameras(n_views: int, elevation_deg: float, distance: float = DEFAULT_DISTANCE) -> list[np.ndarray]:
@@ -56,14 +36,7 @@ def orbit_cameras(n_views: int, elevation_deg: float, distance: float = DEFAULT_
     """
     if n_views < 1:
         raise ValueError(f"n_views must be >= 1, got {n_views}")
-    el = math.radians(elevation_deg)
-    poses = []
-    for k in range(n_views):
-        az = 2.0 * math.pi * k / n_views
-        eye = distance * np.array([math.cos(el) * math.sin(az), math.sin(el),
-                                   math.cos(el) * math.cos(az)])
-        poses.append(look_at(eye))
-    return poses
+    return [orbit_c2w(360.0 * k / n_views, elevation_deg, distance) for k in range(n_views)]
 
 
 def _load_scene(glb_path: Path):
