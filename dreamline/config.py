@@ -155,10 +155,45 @@ class CaptionParams(Strict):
         return CAPTIONER_PARAMS[self.captioner_type].model_validate(self.captioner)
 
 
+Range = tuple[float, float]
+
+
+class RenderParams(Strict):
+    resolution: int = Field(64, ge=16, le=2048)
+    # MVDream view sets: `mv_views_per_set` azimuths 360/n apart from a random start.
+    mv_sets: int = Field(2, ge=0, le=64)
+    mv_views_per_set: int = Field(4, ge=1, le=16)
+    mv_fov_deg: Range = (15.0, 60.0)
+    mv_elevation_deg: Range = (0.0, 30.0)
+    # SweetDreamer AGP views: independent random views at a fixed field of view.
+    agp_views: int = Field(4, ge=0, le=256)
+    agp_fov_deg: float = Field(45.0, gt=1.0, lt=170.0)
+    agp_elevation_deg: Range = (-10.0, 45.0)
+    distance_scale: Range = (0.9, 1.1)
+    # OSMesa gives exact flat colours (CCM); EGL multisamples silhouettes (GPU hosts).
+    backend: str = Field("osmesa", pattern="^(osmesa|egl)$")
+    shard_size: int = Field(16, ge=1, le=10_000)
+    retries: int = Field(1, ge=0, le=10)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "RenderParams":
+        for name in ("mv_fov_deg", "mv_elevation_deg", "agp_elevation_deg", "distance_scale"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name}: lower bound {lo} above upper bound {hi}")
+        if not (0 < self.mv_fov_deg[0] and self.mv_fov_deg[1] < 170):
+            raise ValueError("mv_fov_deg must lie in (0, 170)")
+        if self.distance_scale[0] <= 0:
+            raise ValueError("distance_scale must be positive")
+        return self
+
+
 class Params(Strict):
     mirror: MirrorParams = MirrorParams()
     curate: CurateParams = CurateParams()
     caption: CaptionParams = CaptionParams()
+    render: RenderParams = RenderParams()
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

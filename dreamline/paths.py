@@ -5,3 +5,4 @@ DATA = Path("data")
 MIRROR = DATA / "mirror"
 CURATED = DATA / "curated"
 CAPTIONS = DATA / "captions"
+RENDERS = DATA / "renders"

@@ -17,7 +17,7 @@ for key, value in {
 from dreamline.config import ParamsError, load_params  # noqa: E402
 
 
-def run_stage(name: str, flow_ref: str) -> None:
+def run_stage(name: str, flow_ref: str, before=None) -> None:
     """Validate params, then import and run the flow `module:function` with them."""
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}")
     parser.add_argument("--params", default="params.yaml")
@@ -30,6 +30,8 @@ def run_stage(name: str, flow_ref: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for noisy in ("httpx", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if before is not None:
+        before(params)
     import importlib
 
     module, func = flow_ref.split(":")

@@ -1,0 +1,61 @@
+"""`python -m stages.render` after curation: views on disk, index rows, incremental, failures."""
+import json
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from dreamline.rendering.cameras import Camera
+from dreamline.rendering.reprojection import unproject
+from dreamline.rendering.renderer import ccm_normaliser, to_canonical
+from dreamline.rendering.views import load_mesh
+
+SMALL = {"mirror": {"categories": ["chair", "car", "lamp"], "packaged_meshes": 1, "junk_per_kind": 0},
+         "render": {"resolution": 48, "mv_sets": 1, "agp_views": 2}}
+
+
+def test_render_stage_end_to_end(project):
+    project.set_params(SMALL)
+    project.stage("mirror")
+    project.stage("curate")
+    project.stage("render")
+    root = project.root / "data/renders"
+    objects = pd.read_parquet(project.root / "data/curated/objects.parquet")
+    kept = objects[objects["kept"]]
+    index = pd.read_parquet(root / "index.parquet")
+    assert len(index) == len(kept) * (4 + 2)
+    assert set(index["kind"]) == {"mv", "agp"} and (index["backend"] == "osmesa").all()
+
+    # MVDream sets: 4 azimuths 90 degrees apart sharing fov, elevation and distance.
+    for _, views in index[index["kind"] == "mv"].groupby("uid"):
+        az = np.sort(views["azimuth_deg"].to_numpy())
+        assert np.allclose(np.diff(az), 90.0, atol=1e-6)
+        assert views["fov_deg"].nunique() == 1 and views["distance"].nunique() == 1
+    assert (index.loc[index["kind"] == "agp", "fov_deg"] == 45.0).all()
+
+    # Stored CCM agrees with stored depth unprojected through the stored camera.
+    row = index.iloc[0]
+    arrays = np.load(root / row["arrays_path"])
+    k = list(arrays["view_id"]).index(row["view_id"])
+    cam = Camera(np.array(row["c2w"]).reshape(4, 4), row["fov_deg"], row["width"], row["height"])
+    pts = unproject(arrays["depth"][k], cam)
+    mask = arrays["depth"][k] > 0
+    mesh = load_mesh(project.root / "data/curated" / kept.set_index("uid").loc[row["uid"], "mesh_path"])
+    expected = to_canonical(pts[mask], ccm_normaliser(mesh))
+    ccm = np.asarray(Image.open(root / row["ccm_path"]), dtype=np.float64)[mask] / 255.0
+    assert np.median(np.abs(ccm - expected)) <= 1.0 / 255
+    rgba = np.asarray(Image.open(root / row["rgba_path"]))
+    assert rgba.shape == (48, 48, 4) and ((rgba[..., 3] > 0) == mask).all()
+
+    # Rerun renders nothing; a broken mesh costs only itself.
+    out = project.stage("render").stdout
+    assert "'processed': 0" in out
+    victim = kept.iloc[0]
+    (project.root / "data/curated" / victim["mesh_path"]).write_bytes(b"not a glb")
+    (root / "objects" / victim["uid"] / "done.json").unlink()
+    out = project.stage("render").stdout
+    assert "'processed': 0" in out and "'failed': 1" in out
+    failures = pd.read_parquet(root / "failures.parquet")
+    assert failures["uid"].tolist() == [victim["uid"]]
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["objects"] == len(kept) - 1
