@@ -47,6 +47,24 @@ def test_render_stage_end_to_end(project):
     rgba = np.asarray(Image.open(root / row["rgba_path"]))
     assert rgba.shape == (48, 48, 4) and ((rgba[..., 3] > 0) == mask).all()
 
+    # Training datasets: view sets together with cameras and captions joined by uid.
+    from dreamline.rendering.dataset import CCMViews, MultiViewSets
+
+    project.stage("caption")
+    caps = project.root / "data/captions/captions.parquet"
+    mv = MultiViewSets(root, caps, split=None, background="random", suffix=", 3d asset")
+    assert len(mv) == len(kept)
+    item = mv[0]
+    assert item["images"].shape == (4, 3, 48, 48) and item["cameras"].shape == (4, 16)
+    assert -1.0 <= float(item["images"].min()) and float(item["images"].max()) <= 1.0
+    assert item["caption"].endswith(", 3d asset") and mv[0]["caption"] == item["caption"]
+    agp = CCMViews(root, caps, split=None)
+    assert len(agp) == 2 * len(kept)
+    c = agp[0]
+    assert c["ccm"].shape == (3, 48, 48) and c["mask"].any() and (c["ccm"][:, ~c["mask"]] == -1).all()
+    train = MultiViewSets(root, caps, split="train")
+    assert len(train) <= len(mv)
+
     # Rerun renders nothing; a broken mesh costs only itself.
     out = project.stage("render").stdout
     assert "'processed': 0" in out
