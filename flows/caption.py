@@ -5,21 +5,13 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from prefect import flow, get_run_logger, task, unmapped
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger, unmapped
 
 from dreamline import paths
 from dreamline.captioning import captions as cap
 from dreamline.config import Params
 from tasks.captioning import caption_shard
 from tasks.common import gather
-
-
-@task(name="caption-and-save-shard", cache_policy=NO_CACHE)
-def caption_and_save(items, keys, p, out_root: Path) -> list[str]:
-    texts = caption_shard.fn(items, p)
-    cap.write_part(out_root, keys, texts)  # a killed run keeps finished shards
-    return texts
 
 
 @flow(name="caption")
@@ -43,10 +35,10 @@ def caption_flow(params: Params, curated_root: Path = paths.CURATED,
         # One OpenGL context and one model at a time: shards run in sequence.
         futures = []
         for ib, kb in zip(item_batches, key_batches):
-            futures.append(caption_and_save.submit(ib, kb, p, Path(out_root)))
+            futures.append(caption_shard.submit(ib, kb, p, Path(out_root)))
             futures[-1].wait()
     else:
-        futures = caption_and_save.map(item_batches, key_batches, unmapped(p), unmapped(Path(out_root)))
+        futures = caption_shard.map(item_batches, key_batches, unmapped(p), unmapped(Path(out_root)))
     for b, texts in zip(batches, gather(futures, "caption", len(todo))):
         cache.update({keys[i]: t for i, t in zip(b, texts)})
     table = cap.caption_table(items, [cache[k] for k in keys], keys, p)

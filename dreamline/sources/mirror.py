@@ -59,7 +59,7 @@ def _glb_bytes(mesh: trimesh.Trimesh) -> bytes:
 
 
 _NAME_STYLES = ("{Colour} {Cat}", "{cat}_{i:02d}", "{Material} {cat}", "{Cat} model",
-                "{cat} lowres v{i}", "My {cat}", "{Cat} ({colour})")
+                "{cat} v{i}", "My {cat}", "{Cat} ({colour})")
 
 
 def procedural_entries(p: MirrorParams) -> Iterator[MirrorEntry]:
@@ -69,7 +69,7 @@ def procedural_entries(p: MirrorParams) -> Iterator[MirrorEntry]:
             uid = ann.make_uid(p.seed, "procedural", category, i)
             rng = np.random.default_rng(int(uid[:12], 16))
             obj = build_object(category, rng)
-            style = _NAME_STYLES[int(rng.integers(len(_NAME_STYLES)))].replace(" lowres", "")
+            style = _NAME_STYLES[int(rng.integers(len(_NAME_STYLES)))]
             name = style.format(Colour=obj.colour.title(), colour=obj.colour, Cat=category.title(),
                                 cat=category, Material=obj.material.title(), i=i + 1)
             tags = [category, obj.colour, obj.material, *obj.attributes]
@@ -126,16 +126,12 @@ def junk_entries(p: MirrorParams) -> Iterator[MirrorEntry]:
             })
 
 
-def _face_count(glb: bytes | None) -> int:
-    if glb is None:
-        return 0
+def _face_count(glb: bytes) -> int:
+    """Faces in a GLB the generator wrote (junk whose record lies sets face_count itself)."""
     import io
 
-    try:
-        scene = trimesh.load(io.BytesIO(glb), file_type="glb", force="scene")
-        return int(sum(len(g.faces) for g in scene.geometry.values() if hasattr(g, "faces")))
-    except Exception:
-        return 1000
+    scene = trimesh.load(io.BytesIO(glb), file_type="glb", force="scene")
+    return int(sum(len(g.faces) for g in scene.geometry.values() if hasattr(g, "faces")))
 
 
 def default_entries(p: MirrorParams) -> Iterator[MirrorEntry]:
