@@ -77,3 +77,16 @@ def test_render_stage_end_to_end(project):
     assert failures["uid"].tolist() == [victim["uid"]]
     summary = json.loads((root / "summary.json").read_text())
     assert summary["objects"] == len(kept) - 1
+
+
+def test_index_is_identical_for_fresh_and_reused_objects(tmp_path):
+    from dreamline.rendering.index import assemble_index
+
+    row = {"uid": "u", "view_id": "agp0", "kind": "agp", "set": -1, "azimuth_deg": 1.0,
+           "elevation_deg": 2.0, "distance": 3.0, "fov_deg": 45.0, "width": 8, "height": 8,
+           "c2w": [0.0] * 16, "rgba_path": "a", "ccm_path": "b", "normal_path": "c",
+           "arrays_path": "d", "coverage": 0.5}
+    fresh, reused = tmp_path / "fresh", tmp_path / "reused"
+    assemble_index([{"uid": "u", "rows": [row]}], fresh, "osmesa", {"u"})
+    assemble_index([{"uid": "u", "rows": [dict(sorted(row.items()))]}], reused, "osmesa", {"u"})
+    assert (fresh / "index.parquet").read_bytes() == (reused / "index.parquet").read_bytes()

@@ -10,11 +10,18 @@ import pandas as pd
 from dreamline.atomic import clean_temp_files, write_json_atomic, write_parquet_atomic
 
 
+INDEX_COLUMNS = ["uid", "view_id", "kind", "set", "azimuth_deg", "elevation_deg", "distance",
+                 "fov_deg", "width", "height", "c2w", "rgba_path", "ccm_path", "normal_path",
+                 "arrays_path", "coverage"]
+
+
 def assemble_index(results: list[dict[str, Any]], out_root: Path, backend: str,
                    keep_uids: set[str]) -> dict[str, Any]:
     out_root = Path(out_root)
     rows = [r for res in results if not res.get("error") for r in res["rows"]]
-    index = pd.DataFrame(rows)
+    # Fixed column order: rows reused from done.json come back with sorted keys, and the
+    # index must be byte-identical whether objects were rendered now or earlier.
+    index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     if len(index):
         index = index.sort_values(["uid", "view_id"]).reset_index(drop=True)
     failures = pd.DataFrame([{"uid": r["uid"], "error": r["error"]} for r in results if r.get("error")],
