@@ -24,6 +24,11 @@ class Captioner:
 
     name: str = "base"
 
+    def __init__(self, config, seed: int = 0):
+        # Every registered captioner is built as cls(config_block, seed=...).
+        self.config = config
+        self.seed = seed
+
     def caption(self, items: list[CaptionInput]) -> list[str]:
         raise NotImplementedError
 

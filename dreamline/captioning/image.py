@@ -105,8 +105,7 @@ class ImageCaptioner(Captioner):
     name = "image"
 
     def __init__(self, config: ImageCaptionerParams, seed: int = 0):
-        self.config = config
-        self.seed = seed
+        super().__init__(config, seed)
         self._model = None
         self._processor = None
 

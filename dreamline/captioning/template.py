@@ -70,10 +70,7 @@ def _fill(template: str, parts: dict[str, str | None]) -> str | None:
 @CAPTIONERS.register("template")
 class TemplateCaptioner(Captioner):
     name = "template"
-
-    def __init__(self, config: TemplateCaptionerParams, seed: int = 0):
-        self.config = config
-        self.seed = seed
+    config: TemplateCaptionerParams
 
     def caption_one(self, item: CaptionInput) -> str:
         parts = describe(item)
