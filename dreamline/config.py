@@ -8,7 +8,7 @@ implementation's own config model.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -174,6 +174,9 @@ class RenderParams(Strict):
     backend: str = Field("osmesa", pattern="^(osmesa|egl)$")
     shard_size: int = Field(16, ge=1, le=10_000)
     retries: int = Field(1, ge=0, le=10)
+    # Seconds one object may take in its render process before it is killed and recorded
+    # as failed (a mesh that hangs the renderer costs only itself).
+    timeout_s: float = Field(120.0, gt=0, le=86_400)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -189,7 +192,20 @@ class RenderParams(Strict):
         return self
 
 
+class ExecutionParams(Strict):
+    """How shards are executed; never what they compute, so no stage lists it as a dep."""
+    # thread: Prefect's thread pool in the stage process. dask: prefect-dask's
+    # DaskTaskRunner over worker processes with one thread each (torch and GL stay at one
+    # thread per process: oversubscribing 2 cores made torch ~50x slower, PLATFORM.md).
+    task_runner: Literal["thread", "dask"] = "thread"
+    # Shards in flight: thread-pool size, or the local Dask cluster's worker processes.
+    workers: int = Field(2, ge=1, le=1024)
+    # An existing Dask scheduler (e.g. "tcp://10.0.0.5:8786"); None starts a local cluster.
+    dask_address: Optional[str] = None
+
+
 class Params(Strict):
+    execution: ExecutionParams = ExecutionParams()
     mirror: MirrorParams = MirrorParams()
     curate: CurateParams = CurateParams()
     caption: CaptionParams = CaptionParams()

@@ -31,8 +31,8 @@ def caption_flow(params: Params, curated_root: Path = paths.CURATED,
     batches = [todo[i: i + shard_size] for i in range(0, len(todo), shard_size)]
     item_batches = [[items[i] for i in b] for b in batches]
     key_batches = [[keys[i] for i in b] for b in batches]
-    if p.captioner_type == "image":
-        # One OpenGL context and one model at a time: shards run in sequence.
+    if p.captioner_type == "image" and params.execution.task_runner == "thread":
+        # One OpenGL context and one model per process: in threads, shards run in sequence.
         futures = []
         for ib, kb in zip(item_batches, key_batches):
             futures.append(caption_shard.submit(ib, kb, p, Path(out_root)))

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, unmapped
 
 from dreamline import paths
 from dreamline.config import Params
@@ -16,9 +16,10 @@ from tasks.common import flatten, gather
 
 @flow(name="render")
 def render_flow(params: Params, curated_root: Path = paths.CURATED,
-                out_root: Path = paths.RENDERS) -> dict:
-    from tasks.rendering import render_shard
+                out_root: Path = paths.RENDERS, target: str | None = None) -> dict:
+    from tasks.rendering import RENDER_JOB, render_shard
 
+    target = target or RENDER_JOB
     logger = get_run_logger()
     p = params.render
     started = time.time()
@@ -26,11 +27,10 @@ def render_flow(params: Params, curated_root: Path = paths.CURATED,
     kept = objects[objects["kept"]].sort_values("uid")
     todo = [(r.uid, str(Path(curated_root) / r.mesh_path), r.mesh_sha256) for r in kept.itertuples()]
     batches = [todo[i: i + p.shard_size] for i in range(0, len(todo), p.shard_size)]
-    task = render_shard.with_options(retries=p.retries, retry_delay_seconds=1)
-    futures = []
-    for batch in batches:  # one GL context at a time: OSMesa contexts are not shared across threads
-        futures.append(task.submit(batch, p, Path(out_root)))
-        futures[-1].wait()
+    # Each shard renders in child processes of its own (per-object time-out), so shards
+    # run side by side up to the task runner's worker count.
+    futures = render_shard.with_options(retries=p.retries, retry_delay_seconds=1).map(
+        batches, unmapped(p), unmapped(Path(out_root)), unmapped(target))
     results = flatten(gather(futures, "render", len(todo)))
     summary = assemble_index(results, Path(out_root), os.environ.get("PYOPENGL_PLATFORM", p.backend),
                              {uid for uid, *_ in todo})

@@ -35,5 +35,9 @@ def run_stage(name: str, flow_ref: str, before=None) -> None:
     import importlib
 
     module, func = flow_ref.split(":")
-    summary = getattr(importlib.import_module(module), func)(params)
+    from flows.runners import shared_api_server, with_runner
+
+    flow = getattr(importlib.import_module(module), func)
+    with shared_api_server(params.execution):
+        summary = with_runner(flow, params.execution)(params)
     print(f"stage {name}: {summary}")

@@ -1,10 +1,12 @@
 """Shared Prefect task plumbing."""
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Iterable
 
 from prefect import get_run_logger
+from prefect.exceptions import MissingContextError
 from prefect.futures import PrefectFuture
 
 
@@ -21,6 +23,14 @@ def gather(futures: Iterable[PrefectFuture], label: str, total_items: int) -> li
             logger.info("%s: %d/%d shards done, %.1f items/s", label, i, len(futures),
                         total_items * i / len(futures) / dt)
     return out
+
+
+def run_logger():
+    """The Prefect run logger, or a plain one when task logic is called through `.fn()`."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("dreamline")
 
 
 def flatten(lists: Iterable[list]) -> list:

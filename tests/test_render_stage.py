@@ -65,6 +65,20 @@ def test_render_stage_end_to_end(project):
     train = MultiViewSets(root, caps, split="train")
     assert len(train) <= len(mv)
 
+    # The same renders from a local Dask cluster of 2 worker processes (prefect-dask).
+    fresh = (root / "index.parquet").read_bytes()
+    first_png = (root / row["ccm_path"]).read_bytes()
+    import shutil
+
+    shutil.rmtree(root)
+    project.set_params({**SMALL, "execution": {"task_runner": "dask", "workers": 2},
+                        "render": {**SMALL["render"], "shard_size": 2}})
+    out = project.stage("render").stdout
+    assert f"'processed': {len(kept)}" in out
+    assert (root / "index.parquet").read_bytes() == fresh
+    assert (root / row["ccm_path"]).read_bytes() == first_png
+    project.set_params(SMALL)
+
     # Rerun renders nothing; a broken mesh costs only itself.
     out = project.stage("render").stdout
     assert "'processed': 0" in out

@@ -29,7 +29,7 @@ RENDER_VERSION = 1
 
 
 def render_key(mesh_sha256: str, p: RenderParams) -> str:
-    settings = p.model_dump(mode="json", exclude={"shard_size", "retries", "backend"})
+    settings = p.model_dump(mode="json", exclude={"shard_size", "retries", "backend", "timeout_s"})
     blob = json.dumps([mesh_sha256, settings, RENDER_VERSION], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
@@ -65,19 +65,29 @@ def load_mesh(path: Path) -> trimesh.Trimesh:
     return mesh
 
 
+def finished_result(uid: str, mesh_sha256: str, p: RenderParams, out_root: Path) -> dict | None:
+    """The stored result of an object already rendered with this mesh and these settings."""
+    done = Path(out_root) / "objects" / uid / "done.json"
+    try:
+        prev = json.loads(done.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return {**prev, "processed": False} if prev.get("key") == render_key(mesh_sha256, p) else None
+
+
+def failed_result(uid: str, reason: str) -> dict[str, Any]:
+    return {"uid": uid, "error": reason[:300], "rows": [], "processed": False}
+
+
 def render_one(uid: str, mesh_path: Path, mesh_sha256: str, p: RenderParams, out_root: Path,
                renderer) -> dict[str, Any]:
     """Render and save every view of one object, unless a finished result has the same key."""
+    previous = finished_result(uid, mesh_sha256, p, out_root)
+    if previous is not None:
+        return previous
     folder = Path(out_root) / "objects" / uid
     key = render_key(mesh_sha256, p)
     done = folder / "done.json"
-    if done.exists():
-        try:
-            prev = json.loads(done.read_text())
-            if prev.get("key") == key:
-                return {**prev, "processed": False}
-        except json.JSONDecodeError:
-            pass
     mesh = load_mesh(mesh_path)
     radius = float(np.linalg.norm(mesh.vertices, axis=1).max())  # normalised: centred at 0
     plan = plan_views(uid, radius, p)
@@ -107,3 +117,25 @@ def render_one(uid: str, mesh_path: Path, mesh_sha256: str, p: RenderParams, out
     result = {"uid": uid, "key": key, "mesh_sha256": mesh_sha256, "rows": rows, "error": None}
     write_json_atomic(done, result)  # last: its presence means the object is complete
     return {**result, "processed": True}
+
+
+def object_job(init: dict[str, Any]):
+    """Job function for ``dreamline.isolation``: one renderer per child, one object per job.
+
+    ``init``: {"params": RenderParams as JSON, "out_root": str}; a job: {"uid", "mesh_path",
+    "mesh_sha256"}. An exception becomes a recorded failure; hangs and crashes are the
+    parent's to time out.
+    """
+    from dreamline.rendering.renderer import ViewRenderer
+
+    p = RenderParams.model_validate(init["params"])
+    out_root = Path(init["out_root"])
+    renderer = ViewRenderer(p.resolution, allow_multisample=p.backend != "osmesa")
+
+    def job(j: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return render_one(j["uid"], Path(j["mesh_path"]), j["mesh_sha256"], p, out_root, renderer)
+        except Exception as err:  # one bad mesh costs only itself
+            return failed_result(j["uid"], f"{type(err).__name__}: {err}")
+
+    return job
