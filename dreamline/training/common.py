@@ -1,0 +1,118 @@
+"""What the training stages share: schedulers, run keys, sample cameras, atomic model folders."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dreamline.atomic import write_json_atomic
+from dreamline.config import DiffusionParams
+from dreamline.rendering.cameras import orbit_c2w
+
+
+def training_scheduler(p: DiffusionParams):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=p.num_train_timesteps, beta_schedule=p.beta_schedule,
+                         prediction_type=p.prediction_type, clip_sample=False)
+
+
+def sampling_scheduler(train_scheduler):
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(train_scheduler.config, clip_sample=False, set_alpha_to_one=False)
+
+
+def file_digest(*paths: str | Path) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        p = Path(p)
+        files = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
+        for f in files:
+            h.update(str(f.relative_to(p) if p.is_dir() else f.parent.name + "/" + f.name).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def renders_digest(renders_root: str | Path) -> str:
+    """The render index plus every object's work key (mesh hash + render params): it
+    changes whenever any pixel could, without hashing thousands of images."""
+    root = Path(renders_root)
+    return file_digest(root / "index.parquet", *sorted((root / "objects").glob("*/done.json")))
+
+
+def run_key(params: Any, *digests: str) -> str:
+    """Identifies a training run: its parameters and digests of what it learns from."""
+    blob = json.dumps(params.model_dump(mode="json"), sort_keys=True) + "".join(digests)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def orbit_cameras(n: int, elevation_deg: float = 15.0, distance: float = 2.0,
+                  start_deg: float = 0.0) -> torch.Tensor:
+    """(n, 16) c2w of n azimuths 360/n apart: the fixed cameras of sample grids."""
+    return torch.tensor(np.stack([orbit_c2w(start_deg + 360.0 * k / n, elevation_deg, distance).reshape(-1)
+                                  for k in range(n)]), dtype=torch.float32)
+
+
+def heldout_captions(rows, k: int) -> list[str]:
+    """The first k distinct augmented captions of held-out rows, in a stable order."""
+    return sorted(set(rows["caption"]))[:k]
+
+
+def replace_folder(tmp: Path, final: Path) -> None:
+    """Swap a finished folder in place of the old one; a crash leaves one or the other."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def fresh_folder(final: Path) -> Path:
+    tmp = final.with_name(final.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def write_summary(folder: Path, summary: dict) -> None:
+    write_json_atomic(folder / "summary.json", summary)
+
+
+def load_base_pipeline(path: str | Path):
+    """A diffusers folder as a MultiViewDiffusionPipeline: this project's own pipelines, or an
+    SD 2.1-layout folder (research scale), which becomes a latent-space pipeline."""
+    from dreamline.models.pipelines import MultiViewDiffusionPipeline, load_sd_layout
+
+    index = Path(path) / "model_index.json"
+    if not index.exists():
+        raise FileNotFoundError(f"{path}: no model_index.json (train the base model first, or "
+                                f"point base_model at a diffusers folder)")
+    if json.loads(index.read_text()).get("_class_name") == "StableDiffusionPipeline":
+        return load_sd_layout(path)
+    return MultiViewDiffusionPipeline.from_pretrained(path)
+
+
+def pixel_resolution(pipe) -> int:
+    """Image size the pipeline's UNet works at, through its codec (unshuffle factor or VAE)."""
+    vae = pipe.vae
+    factor = getattr(vae.config, "factor", None) or 2 ** (len(vae.config.block_out_channels) - 1)
+    return int(pipe.unet.config.sample_size) * int(factor)
+
+
+def training_record(result, folder: Path, name: str = "curve.csv") -> dict:
+    """The loop's result as JSON-ready numbers; its loss curve copied beside the model."""
+    if result.curve and Path(result.curve).exists():
+        shutil.copyfile(result.curve, folder / name)
+    return {"steps": result.step, "final_loss": result.loss, "seconds": round(result.seconds, 2),
+            "samples_per_s": result.samples_per_s, "resumed_from": result.resumed_from}

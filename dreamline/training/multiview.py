@@ -1,0 +1,133 @@
+"""train_mv: MVDream's multi-view model, fine-tuned from the base model.
+
+Every self-attention layer attends over the F views of one object (the 2D weights reused),
+a zero-initialised camera MLP adds the 16 extrinsic numbers to the timestep embedding, and
+a fraction of steps are plain 2D batches (single views, camera and multi-view attention
+off) so the model keeps what the base knew. Captions of 3D batches carry ", 3d asset".
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dreamline.config import TrainMVParams
+from dreamline.training.common import (training_record, file_digest, fresh_folder, heldout_captions,
+                                       load_base_pipeline, orbit_cameras, pixel_resolution,
+                                       renders_digest, replace_folder, run_key, write_summary)
+from dreamline.training.data import TextBank, all_texts, choose_captions, load_views, view_sets
+from dreamline.training.objectives import (DenoiseBatch, comparison_table, paired_heldout_losses,
+                                           training_loss)
+
+WHITE = torch.ones(3)
+
+
+def _encode(pipe, table, idx) -> torch.Tensor:
+    from dreamline.models.codec import to_latent
+
+    with torch.no_grad():
+        return to_latent(pipe.vae, table.rgb(idx, WHITE))
+
+
+def _bank(pipe, rows, suffix: str, max_tokens: int) -> TextBank:
+    from dreamline.models.text import encode_text
+
+    return TextBank(all_texts(rows, ("", suffix)),
+                    lambda texts: encode_text(pipe.text_encoder, pipe.tokenizer, texts, max_tokens))
+
+
+def set_batch(pipe, table, sets: np.ndarray, texts: list[str], bank: TextBank, num_views: int,
+              cameras: bool = True) -> DenoiseBatch:
+    """A batch of whole view sets: (B*F) views, each object's text repeated over its views."""
+    idx = sets.reshape(-1)
+    states, mask = bank.lookup([t for t in texts for _ in range(sets.shape[1])])
+    return DenoiseBatch(_encode(pipe, table, idx), states, mask,
+                        table.cameras[idx] if cameras else None, num_views)
+
+
+def heldout_comparison(base_unet, mv_unet, pipe, val, bank, p: TrainMVParams, max_tokens: int) -> dict:
+    """MVDream's claim on val view sets, same noisy inputs for every row:
+    base model (per view, no camera) vs multi-view model vs the same with attention per view."""
+    sets = view_sets(val, p.num_views)
+    chunks = [sets[i: i + 8] for i in range(0, len(sets), 8)]
+    caption = val.rows["caption"].to_numpy()
+
+    def batches(suffix: str, cameras: bool, num_views: int):
+        return [set_batch(pipe, val, c, [caption[s[0]] + suffix for s in c], bank, num_views, cameras)
+                for c in chunks]
+
+    results = paired_heldout_losses({
+        "multiview": (mv_unet, batches(p.caption_suffix, True, p.num_views)),
+        "multiview_attention_off": (mv_unet, batches(p.caption_suffix, True, 1)),
+        "base": (base_unet, batches("", False, 1)),
+    }, pipe.scheduler, p.eval_timesteps, p.train.seed)
+    table = comparison_table(results, "multiview", p.train.seed)
+    table["_sets"] = int(len(sets))
+    return table
+
+
+def train_mv(p: TrainMVParams, renders_root: Path, captions_path: Path, out_dir: Path,
+             work_dir: Path, max_tokens: int = 16) -> dict:
+    from dreamline.models.grid import grid_image
+    from dreamline.models.unet import to_multiview
+    from dreamline.training.common import training_scheduler  # noqa: F401  (schedule comes from the base)
+    from dreamline.training.loop import Trainer, batch_indices
+
+    torch.manual_seed(p.train.seed)
+    pipe = load_base_pipeline(p.base_model)
+    max_tokens = getattr(pipe.config, "max_tokens", None) or max_tokens
+    resolution = pixel_resolution(pipe)
+    train = load_views(renders_root, captions_path, resolution, splits=("train",))
+    val = load_views(renders_root, captions_path, resolution, splits=("val",))
+    sets = view_sets(train, p.num_views)
+    bank = _bank(pipe, train.rows, p.caption_suffix, max_tokens)
+    val_bank = _bank(pipe, val.rows, p.caption_suffix, max_tokens)
+    base_unet = copy.deepcopy(pipe.unet).eval().requires_grad_(False)
+    unet = to_multiview(pipe.unet)
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    bs, seed, F = p.train.batch_size, p.train.seed, p.num_views
+
+    def make_batch(step: int) -> DenoiseBatch:
+        rng = np.random.default_rng([seed, step, 11])
+        if rng.random() < p.joint_2d_fraction:  # a 2D batch: single views, camera off
+            idx = batch_indices(seed + 1, step, len(train), bs * F)
+            texts = choose_captions(train.rows.iloc[idx], rng, p.original_text_prob, p.caption_dropout)
+            states, mask = bank.lookup(texts)
+            return DenoiseBatch(_encode(pipe, train, idx), states, mask, None, 1)
+        chosen = sets[batch_indices(seed, step, len(sets), bs)]
+        firsts = train.rows.iloc[chosen[:, 0]]
+        texts = choose_captions(firsts, rng, p.original_text_prob, p.caption_dropout, p.caption_suffix)
+        texts = ["" if t == "" else t for t in texts]
+        return set_batch(pipe, train, chosen, texts, bank, F)
+
+    key = run_key(p, renders_digest(renders_root), file_digest(captions_path),
+                  file_digest(Path(p.base_model)))
+    trainer = Trainer(unet, p.train, work_dir, make_batch,
+                      lambda model, batch, g: training_loss(model, scheduler, batch, g),
+                      samples_per_step=bs * F, run_key=key)
+    result = trainer.run()
+    trainer.ema.copy_to(unet.parameters())
+    unet.eval()
+
+    pipe.unet = unet
+    pipe.register_modules(unet=unet)
+    folder = fresh_folder(out_dir)
+    pipe.save_pretrained(folder)
+    heldout = heldout_comparison(base_unet, unet, pipe, val, val_bank, p, max_tokens)
+    captions = heldout_captions(val.rows, p.train.sample_captions)
+    if captions:
+        g = torch.Generator().manual_seed(seed)
+        images = pipe([c + p.caption_suffix for c in captions], cameras=orbit_cameras(F),
+                      num_inference_steps=p.train.sample_steps, guidance_scale=p.train.guidance_scale,
+                      generator=g, output_type="np").images
+        grid_image(images, nrow=F).save(folder / "samples.png")
+        (folder / "samples.txt").write_text("\n".join(captions) + "\n")
+    summary = {"model": "mv", "num_views": F, "train_sets": int(len(sets)),
+               "heldout": heldout, "training": training_record(result, folder)}
+    write_summary(folder, summary)
+    replace_folder(folder, out_dir)
+    return summary

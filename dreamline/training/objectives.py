@@ -1,0 +1,125 @@
+"""The denoising objective every training stage minimises, and its held-out evaluation.
+
+One function serves the base model (F = 1, no camera), the multi-view model (F views of an
+object share a timestep, cameras on, joint attention) and the AGP model (F = 1, camera on).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class DenoiseBatch:
+    latents: torch.Tensor             # (B*F, C, h, w) clean model-space inputs
+    states: torch.Tensor              # (B*F, L, D) text token states
+    mask: torch.Tensor | None         # (B*F, L) attention mask of the text tokens
+    cameras: torch.Tensor | None      # (B*F, 16) or None: camera embedding off
+    num_views: int = 1                # F; 1 = per-view self-attention
+
+
+def unet_forward(unet, z_t: torch.Tensor, t: torch.Tensor, batch: DenoiseBatch) -> torch.Tensor:
+    kwargs = {}
+    if _has_multiview(unet):
+        kwargs["cross_attention_kwargs"] = {"num_views": batch.num_views}
+    return unet(z_t, t, encoder_hidden_states=batch.states, encoder_attention_mask=batch.mask,
+                class_labels=batch.cameras, **kwargs).sample
+
+
+def _has_multiview(unet) -> bool:
+    return any(type(p).__name__ == "MultiViewAttnProcessor" for p in unet.attn_processors.values())
+
+
+def target_for(scheduler, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(z0, noise, t)
+    raise ValueError(f"unsupported prediction_type {kind!r}")
+
+
+def draw_noise(batch: DenoiseBatch, num_train_timesteps: int, generator: torch.Generator,
+               t_range: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise per image, and a timestep per object shared by its F views (as MVDream)."""
+    n = batch.latents.shape[0]
+    lo, hi = t_range or (0, num_train_timesteps)
+    t = torch.randint(lo, hi, (n // batch.num_views,), generator=generator)
+    noise = torch.randn(batch.latents.shape, generator=generator)
+    return noise, t.repeat_interleave(batch.num_views)
+
+
+def denoise_loss(unet, scheduler, batch: DenoiseBatch, noise: torch.Tensor, t: torch.Tensor,
+                 reduction: str = "mean") -> torch.Tensor:
+    z_t = scheduler.add_noise(batch.latents, noise, t)
+    pred = unet_forward(unet, z_t, t, batch)
+    err = F.mse_loss(pred.float(), target_for(scheduler, batch.latents, noise, t).float(), reduction="none")
+    per_image = err.flatten(1).mean(1)
+    return per_image.mean() if reduction == "mean" else per_image
+
+
+def training_loss(unet, scheduler, batch: DenoiseBatch, generator: torch.Generator) -> torch.Tensor:
+    noise, t = draw_noise(batch, scheduler.config.num_train_timesteps, generator)
+    return denoise_loss(unet, scheduler, batch, noise, t)
+
+
+@torch.no_grad()
+def paired_heldout_losses(variants: dict[str, tuple], scheduler, timesteps: int,
+                          seed: int) -> dict[str, dict]:
+    """Mean held-out denoising loss of several (model, batches) variants on the SAME noise.
+
+    Each variant is (unet, list of DenoiseBatch); the lists are aligned and hold the same
+    latents, differing only in what the variant changes (text, cameras, F). Every batch is
+    evaluated at `timesteps` evenly spaced t with noise drawn from `seed`, so rows differ
+    only by the model or its conditioning. Per row: mean loss, per-timestep means and the
+    per-item losses (for paired comparisons and bootstrap intervals).
+    """
+    T = scheduler.config.num_train_timesteps
+    grid = torch.linspace(0, T - 1, timesteps + 2)[1:-1].round().long()
+    names = list(variants)
+    first = variants[names[0]][1]
+    per_item = {name: [] for name in names}
+    per_t = {name: torch.zeros(len(grid)) for name in names}
+    for b, ref in enumerate(first):
+        for k, t_val in enumerate(grid):
+            g = torch.Generator().manual_seed(seed * 1_000_003 + b * 1009 + k)
+            noise = torch.randn(ref.latents.shape, generator=g)
+            t = torch.full((ref.latents.shape[0],), int(t_val), dtype=torch.long)
+            for name in names:
+                unet, batches = variants[name]
+                losses = denoise_loss(unet, scheduler, batches[b], noise, t, reduction="none")
+                per_item[name].append(losses)
+                per_t[name][k] += losses.sum()
+    n_items = sum(b.latents.shape[0] for b in first)
+    out = {}
+    for name in names:
+        items = torch.cat(per_item[name])
+        out[name] = {"loss": float(items.mean()), "items": items,
+                     "per_timestep": {int(t): float(v / n_items) for t, v in zip(grid, per_t[name])}}
+    return out
+
+
+def comparison_table(results: dict[str, dict], reference: str, seed: int = 0) -> dict:
+    """JSON-ready rows: each variant's loss and its paired difference to `reference`."""
+    ref = results[reference]["items"]
+    rows = {}
+    for name, r in results.items():
+        row = {"loss": round(r["loss"], 6), "items": int(len(r["items"])),
+               "per_timestep": {str(k): round(v, 6) for k, v in r["per_timestep"].items()}}
+        if name != reference:
+            lo, hi = paired_bootstrap(r["items"], ref, seed)
+            row["minus_" + reference] = round(float((r["items"] - ref).mean()), 6)
+            row["ci95"] = [round(lo, 6), round(hi, 6)]
+        rows[name] = row
+    return rows
+
+
+def paired_bootstrap(a: torch.Tensor, b: torch.Tensor, seed: int = 0, n: int = 1000) -> tuple[float, float]:
+    """95% interval of mean(a - b) over items, resampled in pairs."""
+    d = (a - b).double()
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(d), (n, len(d)), generator=g)
+    means = d[idx].mean(1)
+    return float(means.quantile(0.025)), float(means.quantile(0.975))

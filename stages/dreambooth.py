@@ -1,0 +1,5 @@
+"""DVC stage `dreambooth`: `python -m stages.dreambooth [--params params.yaml]`."""
+from stages._common import run_stage
+
+if __name__ == "__main__":
+    run_stage("dreambooth", "flows.training:dreambooth_flow")

@@ -1,0 +1,5 @@
+"""DVC stage `train_agp`: `python -m stages.train_agp [--params params.yaml]`."""
+from stages._common import run_stage
+
+if __name__ == "__main__":
+    run_stage("train_agp", "flows.training:train_agp_flow")

@@ -1,0 +1,5 @@
+"""DVC stage `train_base`: `python -m stages.train_base [--params params.yaml]`."""
+from stages._common import run_stage
+
+if __name__ == "__main__":
+    run_stage("train_base", "flows.training:train_base_flow")

@@ -1,0 +1,5 @@
+"""DVC stage `train_mv`: `python -m stages.train_mv [--params params.yaml]`."""
+from stages._common import run_stage
+
+if __name__ == "__main__":
+    run_stage("train_mv", "flows.training:train_mv_flow")

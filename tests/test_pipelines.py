@@ -1,0 +1,272 @@
+"""Sampling pipelines on tiny seeded components (diffusers' get_dummy_components style)."""
+from __future__ import annotations
+
+import json
+import os
+import string
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, UNet2DConditionModel
+from transformers import BertConfig, BertModel, BertTokenizer, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from dreamline.config import UNetParams
+from dreamline.models.codec import PixelUnshuffleCodec
+from dreamline.models.grid import grid_image
+from dreamline.models.pipelines import CCMPipeline, MultiViewDiffusionPipeline, load_sd_layout
+from dreamline.models.text import encode_text
+from dreamline.models.unet import build_unet, has_camera, is_multiview, set_multiview
+from dreamline.rendering.cameras import orbit_c2w
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = UNetParams(block_out_channels=(16, 32), attention=(False, True), attention_head_dim=8,
+                  norm_num_groups=8)
+WORDS = "a an red blue green chair table mug lamp car small big 3d asset".split()
+STEPS = 3
+
+
+def orbit_cameras(n: int = 4, elevation: float = 15.0) -> torch.Tensor:
+    """MVDream's orthogonal views: (n, 16) row-major camera-to-world matrices."""
+    return torch.tensor(np.stack([orbit_c2w(360.0 * i / n, elevation, 2.0).reshape(16)
+                                  for i in range(n)]), dtype=torch.float32)
+
+
+def tiny_text():
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS)}
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32)
+    return BertModel(config).eval(), BertTokenizer(vocab=vocab)
+
+
+def tiny_pipeline(cls=MultiViewDiffusionPipeline, camera=True, multiview=True, seed=0):
+    text_encoder, tokenizer = tiny_text()
+    torch.manual_seed(seed)
+    unet = build_unet(TINY, in_channels=12, sample_size=4, cross_attention_dim=16,
+                      camera_dim=16 if camera else None)
+    if multiview:
+        set_multiview(unet)
+    scheduler = DDIMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+    pipe = cls(unet=unet.eval(), vae=PixelUnshuffleCodec(factor=2), text_encoder=text_encoder,
+               tokenizer=tokenizer, scheduler=scheduler, max_tokens=8, num_views=4)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def seeded(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# --- multi-view pipeline -------------------------------------------------------------------
+
+def test_multiview_pipeline_shapes_and_seeded_determinism():
+    pipe = tiny_pipeline()
+    cameras = orbit_cameras(4)
+    prompts = ["a red chair", "a blue mug"]
+    out = pipe(prompts, cameras=cameras, num_inference_steps=STEPS, generator=seeded(0)).images
+    assert out.shape == (8, 8, 8, 3) and out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    again = pipe(prompts, cameras=cameras, num_inference_steps=STEPS, generator=seeded(0)).images
+    assert np.array_equal(out, again)
+    other = pipe(prompts, cameras=cameras, num_inference_steps=STEPS, generator=seeded(1)).images
+    assert not np.allclose(out, other)
+
+    pt = pipe(prompts, cameras=cameras.expand(2, 4, 16), num_inference_steps=STEPS,
+              generator=seeded(0), output_type="pt").images
+    assert pt.shape == (8, 3, 8, 8)
+    assert np.allclose(pt.permute(0, 2, 3, 1).numpy(), out, atol=1e-6)  # (F,16) == (B,F,16) shared
+
+
+def test_multiview_pipeline_guidance_paths():
+    pipe = tiny_pipeline()
+    kwargs = dict(cameras=orbit_cameras(4), num_inference_steps=STEPS)
+    plain = pipe("a red chair", generator=seeded(0), **kwargs).images
+    cfg = pipe("a red chair", guidance_scale=3.0, generator=seeded(0), **kwargs).images
+    rescaled = pipe("a red chair", guidance_scale=3.0, guidance_rescale=0.5, generator=seeded(0),
+                    negative_prompt="a blue car", **kwargs).images
+    assert plain.shape == cfg.shape == rescaled.shape == (4, 8, 8, 3)
+    assert not np.allclose(plain, cfg) and not np.allclose(cfg, rescaled)
+    # One prompt with per-object cameras (B, F, 16) samples one object per camera set.
+    two = pipe("a red chair", cameras=orbit_cameras(4).expand(2, 4, 16), num_inference_steps=STEPS,
+               generator=seeded(0)).images
+    assert two.shape == (8, 8, 8, 3)
+
+
+def test_plain_text_to_image_without_cameras():
+    pipe = tiny_pipeline(camera=False, multiview=False)
+    assert not has_camera(pipe.unet) and not is_multiview(pipe.unet)
+    out = pipe(["a red chair", "a mug", ""], num_inference_steps=STEPS, generator=seeded(0)).images
+    assert out.shape == (3, 8, 8, 3)
+    # Cameras only set F for a model without a camera embedding: F independent images.
+    views = pipe("a red chair", cameras=orbit_cameras(2), num_inference_steps=STEPS, generator=seeded(0))
+    assert views.images.shape == (2, 8, 8, 3)
+    # The MV model with the camera off is the 2D text-to-image model (MVDream's 2D batches).
+    mv = tiny_pipeline()
+    assert mv("a red chair", num_inference_steps=STEPS, generator=seeded(0)).images.shape == (1, 8, 8, 3)
+
+
+def test_save_and_load_in_a_fresh_process(tmp_path):
+    mv, ccm = tiny_pipeline(), tiny_pipeline(CCMPipeline, seed=3)
+    mv.save_pretrained(tmp_path / "mv")
+    ccm.save_pretrained(tmp_path / "ccm")
+    index = json.loads((tmp_path / "mv" / "model_index.json").read_text())
+    assert index["unet"] == ["dreamline.models.unet", "CameraUNet2DConditionModel"]
+    assert index["vae"] == ["dreamline.models.codec", "PixelUnshuffleCodec"]
+    assert index["max_tokens"] == 8 and index["num_views"] == 4
+
+    cameras = orbit_cameras(4)
+    np.save(tmp_path / "cameras.npy", cameras.numpy())
+    expected_mv = mv(["a red chair", "a mug"], cameras=cameras, guidance_scale=2.0,
+                     num_inference_steps=STEPS, generator=seeded(7)).images
+    expected_ccm = ccm("a red chair", cameras=cameras, num_inference_steps=STEPS, generator=seeded(7))
+
+    # A fresh interpreter: no class or module cache can hide a loading failure.
+    script = textwrap.dedent(f"""
+        import numpy as np, torch
+        torch.set_num_threads(1)
+        from dreamline.models.pipelines import CCMPipeline, MultiViewDiffusionPipeline
+        from dreamline.models.unet import is_multiview
+        root = {str(tmp_path)!r}
+        cameras = torch.from_numpy(np.load(root + "/cameras.npy"))
+        mv = MultiViewDiffusionPipeline.from_pretrained(root + "/mv")
+        ccm = CCMPipeline.from_pretrained(root + "/ccm")
+        assert is_multiview(mv.unet) and type(ccm) is CCMPipeline, (type(mv.unet), type(ccm))
+        for p in (mv, ccm):
+            p.set_progress_bar_config(disable=True)
+        out = mv(["a red chair", "a mug"], cameras=cameras, guidance_scale=2.0,
+                 num_inference_steps={STEPS}, generator=torch.Generator().manual_seed(7)).images
+        c = ccm("a red chair", cameras=cameras, num_inference_steps={STEPS},
+                generator=torch.Generator().manual_seed(7))
+        np.save(root + "/mv.npy", out)
+        np.save(root + "/ccm.npy", c.images)
+        np.save(root + "/masks.npy", c.masks)
+    """)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert np.array_equal(np.load(tmp_path / "mv.npy"), expected_mv)
+    assert np.array_equal(np.load(tmp_path / "ccm.npy"), expected_ccm.images)
+    assert np.array_equal(np.load(tmp_path / "masks.npy"), expected_ccm.masks)
+
+
+# --- CCM pipeline --------------------------------------------------------------------------
+
+def test_ccm_pipeline_output_and_independent_views():
+    pipe = tiny_pipeline(CCMPipeline)
+    cameras = orbit_cameras(4)
+    out = pipe(["a red chair", "a mug"], cameras=cameras, num_inference_steps=STEPS, generator=seeded(0))
+    assert out.images.shape == (8, 8, 8, 3) and out.masks.shape == (8, 8, 8)
+    assert out.masks.dtype == bool
+    assert out.images.min() >= 0.0 and out.images.max() <= 1.0
+    assert np.all(out.images[~out.masks] == 0.0)
+
+    # One CCM per camera: with the same noise, view 0 does not depend on the other cameras
+    # (multi-view attention off), though the UNet has multi-view processors installed.
+    latents = torch.randn(4, 12, 4, 4, generator=seeded(5))
+    a = pipe("a red chair", cameras=cameras, latents=latents, num_inference_steps=STEPS).images
+    b = pipe("a red chair", cameras=torch.cat([cameras[:1], orbit_cameras(3, 40.0)]), latents=latents,
+             num_inference_steps=STEPS).images
+    assert np.allclose(a[0], b[0], atol=1e-6) and not np.allclose(a[1:], b[1:])
+
+
+def test_ccm_background_convention(monkeypatch):
+    """Decoded -1 in all channels is background; foreground maps [-1, 1] -> [0, 1]."""
+    pipe = tiny_pipeline(CCMPipeline)
+    x = torch.full((1, 3, 4, 4), -1.0)
+    x[0, :, 1, 1] = torch.tensor([0.0, 0.5, -0.5])    # a foreground point
+    x[0, :, 2, 2] = torch.tensor([-0.95, -0.9, -1.0])  # sampler noise on background
+    x[0, :, 3, 3] = torch.tensor([-1.0, -1.0, 0.0])    # thin foreground near a box edge
+    monkeypatch.setattr(pipe, "sample", lambda *a, **k: x)
+    out = pipe("a mug", cameras=orbit_cameras(1))
+    expected = np.zeros((1, 4, 4), dtype=bool)
+    expected[0, 1, 1] = expected[0, 3, 3] = True
+    assert np.array_equal(out.masks, expected)
+    assert np.allclose(out.images[0, 1, 1], [0.5, 0.75, 0.25])
+    assert np.allclose(out.images[0, 3, 3], [0.0, 0.0, 0.5])
+    assert out.images[0, 2, 2].sum() == 0.0
+
+
+# --- Stable Diffusion 2.1 layout -----------------------------------------------------------
+
+def tiny_clip():
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in string.ascii_lowercase + string.digits:
+        vocab[ch] = len(vocab)
+        vocab[ch + "</w>"] = len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=12)
+    torch.manual_seed(0)
+    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                            num_hidden_layers=2, max_position_embeddings=12, bos_token_id=0, eos_token_id=1,
+                            pad_token_id=1)
+    return CLIPTextModel(config).eval(), tokenizer
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory):
+    """A Stable Diffusion 2.1-layout folder, written by diffusers' own StableDiffusionPipeline."""
+    from diffusers import StableDiffusionPipeline
+
+    folder = tmp_path_factory.mktemp("sd21")
+    text_encoder, tokenizer = tiny_clip()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(8, 16), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=4)
+    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
+                        sample_size=16)
+    scheduler = PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              skip_prk_steps=True, steps_offset=1, prediction_type="epsilon")
+    StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                            scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(folder)
+    return folder
+
+
+def test_load_sd_layout_is_a_latent_multiview_pipeline(sd_folder):
+    index = json.loads((sd_folder / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline" and index["safety_checker"] == [None, None]
+    pipe = load_sd_layout(sd_folder)
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe.vae, AutoencoderKL) and isinstance(pipe.scheduler, DDIMScheduler)
+    assert pipe.scheduler.config.prediction_type == "epsilon"
+    assert pipe.scheduler.config.beta_schedule == "scaled_linear"
+    assert is_multiview(pipe.unet) and has_camera(pipe.unet)
+
+    states, mask = encode_text(pipe.text_encoder, pipe.tokenizer, ["a red chair", ""])
+    assert mask is None and states.shape == (2, 12, 32)  # CLIP: full context, no mask
+
+    out = pipe("a red chair", cameras=orbit_cameras(4), height=16, width=16, guidance_scale=2.0,
+               num_inference_steps=STEPS, generator=seeded(0)).images
+    assert out.shape == (4, 16, 16, 3) and 0.0 <= out.min() and out.max() <= 1.0
+
+    # The converted UNet with F = 1 is SD's UNet, whatever the cameras.
+    original = UNet2DConditionModel.from_pretrained(sd_folder, subfolder="unet").eval()
+    g = seeded(2)
+    z, text = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 12, 32, generator=g)
+    t = torch.tensor(321)
+    with torch.no_grad():
+        expected = original(z, t, encoder_hidden_states=text).sample
+        got = pipe.unet(z, t, encoder_hidden_states=text, class_labels=torch.randn(4, 16, generator=g),
+                        cross_attention_kwargs={"num_views": 1}).sample
+    assert torch.equal(got, expected)
+
+
+# --- grids ---------------------------------------------------------------------------------
+
+def test_grid_image_tiles_rows():
+    images = np.random.default_rng(0).random((6, 8, 8, 3)).astype(np.float32)
+    grid = grid_image(images, nrow=4, padding=2)
+    assert grid.size == (4 * 10 + 2, 2 * 10 + 2) and grid.mode == "RGB"
+    pixels = np.asarray(grid)
+    assert np.array_equal(pixels[2:10, 2:10], (images[0] * 255).round().astype(np.uint8))
+    assert np.all(pixels[12:20, 22:30] == 255)  # the short last row leaves the background
+    pt = grid_image(torch.from_numpy(images).permute(0, 3, 1, 2), nrow=3)
+    assert pt.size == (3 * 10 + 2, 2 * 10 + 2)
