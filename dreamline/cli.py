@@ -14,6 +14,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="dreamline: text-to-3D pipeline tools (stages run through `dvc repro`).")
 
 
+@app.callback()
+def main() -> None:
+    """dreamline: text-to-3D pipeline tools (stages run through `dvc repro`)."""
+
+
 @app.command()
 def sample(prompt: str = typer.Argument(..., help="text prompt"),
            model: Path = typer.Option(Path("data/models/mv"), help="a diffusers folder of this project "

@@ -41,3 +41,13 @@ def run_stage(name: str, flow_ref: str, before=None) -> None:
     with shared_api_server(params.execution):
         summary = with_runner(flow, params.execution)(params)
     print(f"stage {name}: {summary}")
+
+
+def require_model(path: str, key: str) -> None:
+    """Stop before any work when a model folder a stage starts from is missing."""
+    from pathlib import Path
+
+    if not (Path(path) / "model_index.json").is_file():
+        print(f"{key}: {path} has no model_index.json (run the stage that trains it, or point "
+              f"{key} at a diffusers folder)", file=sys.stderr)
+        sys.exit(2)

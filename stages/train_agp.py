@@ -1,5 +1,6 @@
 """DVC stage `train_agp`: `python -m stages.train_agp [--params params.yaml]`."""
-from stages._common import run_stage
+from stages._common import require_model, run_stage
 
 if __name__ == "__main__":
-    run_stage("train_agp", "flows.training:train_agp_flow")
+    run_stage("train_agp", "flows.training:train_agp_flow",
+              before=lambda params: require_model(params.train_agp.base_model, "train_agp.base_model"))

@@ -1,5 +1,6 @@
 """DVC stage `train_mv`: `python -m stages.train_mv [--params params.yaml]`."""
-from stages._common import run_stage
+from stages._common import require_model, run_stage
 
 if __name__ == "__main__":
-    run_stage("train_mv", "flows.training:train_mv_flow")
+    run_stage("train_mv", "flows.training:train_mv_flow",
+              before=lambda params: require_model(params.train_mv.base_model, "train_mv.base_model"))

@@ -75,7 +75,7 @@ def train_agp(p: TrainAGPParams, renders_root: Path, captions_path: Path, out_di
     from dreamline.models.grid import grid_image
     from dreamline.models.pipelines import CCMPipeline
     from dreamline.models.text import encode_text
-    from dreamline.models.unet import add_camera_embedding
+    from dreamline.models.unet import add_camera_embedding, has_camera
 
     torch.manual_seed(p.train.seed)
     base = load_base_pipeline(p.base_model)
@@ -87,7 +87,8 @@ def train_agp(p: TrainAGPParams, renders_root: Path, captions_path: Path, out_di
                     lambda texts: encode_text(base.text_encoder, base.tokenizer, texts, max_tokens))
     scheduler = DDPMScheduler.from_config(base.scheduler.config)
     key = run_key(p, renders_digest(renders_root), file_digest(captions_path), file_digest(Path(p.base_model)))
-    unet, result = _train_one(add_camera_embedding(copy.deepcopy(base.unet)), p, train, bank, base,
+    start = copy.deepcopy(base.unet)
+    unet, result = _train_one(start if has_camera(start) else add_camera_embedding(start), p, train, bank, base,
                               scheduler, work_dir / "agp", key, cameras=True)
     variants = {}
     chunks = [np.arange(s, min(s + 64, len(val))) for s in range(0, len(val), 64)]

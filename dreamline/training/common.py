@@ -23,10 +23,14 @@ def training_scheduler(p: DiffusionParams):
                          prediction_type=p.prediction_type, clip_sample=False)
 
 
-def sampling_scheduler(train_scheduler):
+def sampling_scheduler(train_scheduler, pixel_space: bool = True):
+    """DDIM with the training schedule. In pixel space each step's x0 estimate is clipped to
+    the data range [-1, 1] (as DDPM/Imagen do): at 32 px it removed most of the speckle an
+    undertrained model leaves. Latent models (SD) must not clip: latents are unbounded."""
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler.from_config(train_scheduler.config, clip_sample=False, set_alpha_to_one=False)
+    return DDIMScheduler.from_config(train_scheduler.config, clip_sample=pixel_space,
+                                     set_alpha_to_one=False)
 
 
 def file_digest(*paths: str | Path) -> str:
@@ -94,13 +98,16 @@ def load_base_pipeline(path: str | Path):
     SD 2.1-layout folder (research scale), which becomes a latent-space pipeline."""
     from dreamline.models.pipelines import MultiViewDiffusionPipeline, load_sd_layout
 
+    from dreamline.models.pipelines import CCMPipeline
+
     index = Path(path) / "model_index.json"
     if not index.exists():
         raise FileNotFoundError(f"{path}: no model_index.json (train the base model first, or "
                                 f"point base_model at a diffusers folder)")
-    if json.loads(index.read_text()).get("_class_name") == "StableDiffusionPipeline":
+    name = json.loads(index.read_text()).get("_class_name")
+    if name == "StableDiffusionPipeline":
         return load_sd_layout(path)
-    return MultiViewDiffusionPipeline.from_pretrained(path)
+    return (CCMPipeline if name == "CCMPipeline" else MultiViewDiffusionPipeline).from_pretrained(path)
 
 
 def pixel_resolution(pipe) -> int:

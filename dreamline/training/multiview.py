@@ -71,7 +71,7 @@ def heldout_comparison(base_unet, mv_unet, pipe, val, bank, p: TrainMVParams, ma
 def train_mv(p: TrainMVParams, renders_root: Path, captions_path: Path, out_dir: Path,
              work_dir: Path, max_tokens: int = 16) -> dict:
     from dreamline.models.grid import grid_image
-    from dreamline.models.unet import to_multiview
+    from dreamline.models.unet import has_camera, is_multiview, to_multiview
     from dreamline.training.common import training_scheduler  # noqa: F401  (schedule comes from the base)
     from dreamline.training.loop import Trainer, batch_indices
 
@@ -85,7 +85,8 @@ def train_mv(p: TrainMVParams, renders_root: Path, captions_path: Path, out_dir:
     bank = _bank(pipe, train.rows, p.caption_suffix, max_tokens)
     val_bank = _bank(pipe, val.rows, p.caption_suffix, max_tokens)
     base_unet = copy.deepcopy(pipe.unet).eval().requires_grad_(False)
-    unet = to_multiview(pipe.unet)
+    # An SD-layout folder arrives already converted (zero camera MLP, joint attention).
+    unet = pipe.unet if is_multiview(pipe.unet) and has_camera(pipe.unet) else to_multiview(pipe.unet)
     from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)

@@ -1,0 +1,283 @@
+"""train_base -> train_mv / train_agp -> dreambooth through their real entry points
+(`python -m stages.<name>`) on a tiny project: model folders that load back, held-out
+tables, curves and sample grids; a SIGKILLed training stage that resumes to the weights of
+an unbroken run; invalid params that stop a stage before any work."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from conftest import make_project
+
+CURVE_HEADER = "step,loss,lr,samples_per_s,seconds"
+BASE_STEPS = 24
+TINY = {
+    "mirror": {"categories": ["chair", "car", "lamp", "mug"], "instances_per_category": 3,
+               "packaged_meshes": 1, "junk_per_kind": 0},
+    "caption": {"split": {"val_fraction": 0.2, "test_fraction": 0.2}},
+    "render": {"resolution": 32, "mv_sets": 1, "agp_views": 2},
+    "train_base": {
+        "resolution": 16,
+        "unet": {"block_out_channels": [8, 16], "attention": [False, True],
+                 "norm_num_groups": 8, "attention_head_dim": 8},
+        # Enough steps (and a batch large enough) that the kill test sees a step-4
+        # checkpoint while the stage is still training.
+        "train": {"steps": BASE_STEPS, "batch_size": 32, "checkpoint_every": 2, "log_every": 1,
+                  "sample_steps": 2, "sample_captions": 2, "threads": 1},
+    },
+    "train_mv": {"eval_timesteps": 2,
+                 "train": {"steps": 3, "batch_size": 2, "log_every": 1, "sample_steps": 2,
+                           "sample_captions": 2, "threads": 1}},
+    "train_agp": {"eval_timesteps": 2,
+                  "train": {"steps": 3, "batch_size": 4, "log_every": 1, "sample_steps": 2,
+                            "sample_captions": 2, "threads": 1}},
+    "dreambooth": {"train": {"steps": 2, "batch_size": 2, "log_every": 1, "sample_steps": 2,
+                             "threads": 1}},
+}
+PIXELS = TINY["train_base"]["resolution"]
+STAGE_MODEL = {"train_base": "base", "train_mv": "mv", "train_agp": "agp", "dreambooth": "dreambooth"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, prefect_api_url):
+    """A tiny project with mirrored, curated, captioned and rendered objects."""
+    project = make_project(tmp_path_factory.mktemp("training"), prefect_api_url, TINY)
+    for name in ("mirror", "curate", "caption", "render"):
+        project.stage(name)
+    caps = pd.read_parquet(project.root / "data/captions/captions.parquet")
+    counts = caps["split"].value_counts()
+    assert counts.get("val", 0) >= 1 and counts.get("test", 0) >= 1, counts.to_dict()
+    return project
+
+
+def ensure_models(project, *stages: str) -> None:
+    """Run the training stages whose model folder is missing (a test run on its own)."""
+    for stage in stages:
+        if not (project.root / "data/models" / STAGE_MODEL[stage]).exists():
+            project.stage(stage)
+
+
+def summary(project, name: str) -> dict:
+    return json.loads((project.root / "data/models" / name / "summary.json").read_text())
+
+
+def unet_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted((folder / "unet").glob("*.safetensors"))
+    assert files, f"no unet weights in {folder}"
+    out = {}
+    for f in files:
+        out.update(load_file(f))
+    return out
+
+
+def curve_steps(folder: Path, name: str = "curve.csv") -> list[int]:
+    lines = (folder / name).read_text().splitlines()
+    assert lines[0] == CURVE_HEADER
+    rows = [line.split(",") for line in lines[1:]]
+    assert rows and all(len(r) == 5 and math.isfinite(float(r[1])) for r in rows), lines
+    return [int(r[0]) for r in rows]
+
+
+def grid_size(n: int, nrow: int, px: int = PIXELS, padding: int = 2) -> tuple[int, int]:
+    """(width, height) of dreamline.models.grid.grid_image for n tiles of px x px."""
+    cols = min(nrow, n)
+    rows = -(-n // cols)
+    return cols * (px + padding) + padding, rows * (px + padding) + padding
+
+
+def check_samples(folder: Path, size: tuple[int, int]) -> None:
+    path = folder / "samples.png"
+    assert path.stat().st_size > 0
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size == size
+
+
+def check_table(heldout: dict, rows: tuple[str, ...], items: int) -> None:
+    for row in rows:
+        assert row in heldout, (row, list(heldout))
+        assert math.isfinite(heldout[row]["loss"]) and heldout[row]["loss"] > 0, heldout[row]
+        assert heldout[row]["items"] == items, (row, heldout[row]["items"], items)
+
+
+def check_training(project, name: str, steps: int) -> dict:
+    """Summary of a finished, fresh stage run; its checkpoints are gone."""
+    folder = project.root / "data/models" / name
+    s = summary(project, name)
+    t = s["training"]
+    assert t["steps"] == steps and math.isfinite(t["final_loss"]), t
+    assert curve_steps(folder) == list(range(1, steps + 1))
+    assert not (project.root / "data/checkpoints" / name).exists(), "checkpoints are scratch"
+    assert not (project.root / "data/models" / f"{name}.partial").exists()
+    return s
+
+
+# -- kill and resume ------------------------------------------------------------------------
+
+def test_killed_train_base_resumes_to_unbroken_weights(tiny):
+    root = tiny.root
+    ckpts = root / "data/checkpoints/base/checkpoints"
+    log = (root / "killed-train-base.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train_base"], cwd=root, env=tiny.env(),
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    killed_after = None
+    try:
+        deadline = time.time() + 240
+        while proc.poll() is None and time.time() < deadline:
+            steps = [int(p.stem.split("-")[1]) for p in ckpts.glob("step-*.pt")] if ckpts.is_dir() else []
+            if steps and max(steps) >= 4:
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed_after = max(steps)
+                break
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None and killed_after is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
+    output = (root / "killed-train-base.log").read_text()[-3000:]
+    assert killed_after is not None, f"no step>=4 checkpoint seen before exit ({proc.returncode}):\n{output}"
+    assert proc.returncode == -signal.SIGKILL
+    assert killed_after < BASE_STEPS, "killed too late: the run had finished training"
+    assert not (root / "data/models/base").exists()
+
+    tiny.stage("train_base")
+    resumed = check_training(tiny, "base", BASE_STEPS)
+    assert resumed["training"]["resumed_from"] is not None
+    assert 4 <= resumed["training"]["resumed_from"] < BASE_STEPS, resumed["training"]
+    aside = root / "resumed-base"
+    shutil.move(root / "data/models/base", aside)
+
+    shutil.rmtree(root / "data/checkpoints/base", ignore_errors=True)
+    tiny.stage("train_base")
+    unbroken = check_training(tiny, "base", BASE_STEPS)
+    assert unbroken["training"]["resumed_from"] is None
+
+    a, b = unet_weights(aside), unet_weights(root / "data/models/base")
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+    assert resumed["heldout"] == unbroken["heldout"]
+
+
+# -- end to end -----------------------------------------------------------------------------
+
+def test_training_stages_end_to_end(tiny):
+    from dreamline.models.pipelines import CCMPipeline, MultiViewDiffusionPipeline
+    from dreamline.training.common import orbit_cameras
+
+    root = tiny.root
+    models = root / "data/models"
+    ensure_models(tiny, "train_base")  # the kill test's unbroken run, unless run alone
+    for name in ("train_mv", "train_agp", "dreambooth"):
+        tiny.stage(name)
+
+    caps = pd.read_parquet(root / "data/captions/captions.parquet")
+    val_captions = caps.loc[caps["split"] == "val", "caption"].nunique()
+
+    # base: caption held-out table, EMA UNet in a text-to-image pipeline.
+    base = check_training(tiny, "base", BASE_STEPS)
+    check_table(base["heldout"], ("right_caption", "empty_caption", "wrong_caption"),
+                base["heldout"]["right_caption"]["items"])
+    assert base["heldout"]["right_caption"]["items"] % base["heldout_views"] == 0
+    check_samples(models / "base", grid_size(min(2, val_captions), min(2, val_captions)))
+    pipe = MultiViewDiffusionPipeline.from_pretrained(models / "base")
+    assert pipe.unet.config.class_embed_type is None
+
+    # mv: multi-view attention and camera embedding on, in the saved config too.
+    mv = check_training(tiny, "mv", 3)
+    sets = mv["heldout"]["_sets"]
+    assert sets >= 1
+    check_table(mv["heldout"], ("multiview", "multiview_attention_off", "base"), sets * 4 * 2)
+    k = min(2, val_captions)
+    check_samples(models / "mv", grid_size(4 * k, 4))
+    config = json.loads((models / "mv/unet/config.json").read_text())
+    assert config["multiview_attention"] is True
+    assert config["class_embed_type"] == "projection"
+    pipe = MultiViewDiffusionPipeline.from_pretrained(models / "mv")
+    assert pipe.unet.config.class_embed_type == "projection"
+    out = pipe("a red chair", cameras=orbit_cameras(4), num_inference_steps=2,
+               generator=torch.Generator().manual_seed(0), output_type="np")
+    assert out.images.shape == (4, PIXELS, PIXELS, 3)
+    assert np.isfinite(out.images).all()
+
+    # agp: CCMs from caption + camera, and the camera-off ablation in the same table.
+    agp = check_training(tiny, "agp", 3)
+    check_table(agp["heldout"], ("agp", "agp_camera_off"), agp["heldout_views"] * 2)
+    assert agp["ablation_training"]["steps"] == 3
+    assert curve_steps(models / "agp", "curve_ablation.csv") == [1, 2, 3]
+    k = min(2, agp["heldout_views"])
+    check_samples(models / "agp", grid_size(2 * k, k))
+    assert agp["samples"]["in_unit_range"] and agp["samples"]["background_zero"]
+    ccm = CCMPipeline.from_pretrained(models / "agp")
+    out = ccm("a chair", cameras=orbit_cameras(2), num_inference_steps=2,
+              generator=torch.Generator().manual_seed(0), output_type="np")
+    assert out.images.shape == (2, PIXELS, PIXELS, 3) and out.masks.shape == (2, PIXELS, PIXELS)
+    assert out.images.min() >= 0.0 and out.images.max() <= 1.0
+    assert (out.images[~out.masks] == 0).all()
+
+    # dreambooth: the multi-view model fine-tuned on a test object's 4 renders.
+    db = check_training(tiny, "dreambooth", 2)
+    assert db["identity_images"] == 4 and db["identity_uid"] in set(caps.loc[caps["split"] == "test", "uid"])
+    assert math.isfinite(db["mean_abs_param_change"])
+    check_samples(models / "dreambooth", grid_size(4 + 4, 4))
+    pipe = MultiViewDiffusionPipeline.from_pretrained(models / "dreambooth")
+    assert pipe.unet.config.class_embed_type == "projection"
+
+
+def test_sample_cli_writes_png(tiny):
+    ensure_models(tiny, "train_base", "train_mv")
+    proc = tiny.run(sys.executable, "-m", "dreamline.cli", "sample", "a red chair",
+                    "--model", "data/models/mv", "--out", "x.png", "--steps", "2", check=False)
+    assert proc.returncode == 0, f"`dreamline sample` failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    with Image.open(tiny.root / "x.png") as im:
+        assert im.format == "PNG" and im.size == grid_size(4, 4)
+
+
+# -- invalid params -------------------------------------------------------------------------
+
+def _stage_with(project, name: str, extra: dict) -> subprocess.CompletedProcess:
+    """Run stage `name` with the project's params plus `extra`, from a separate params file."""
+    from conftest import deep_update
+
+    raw = deep_update(yaml.safe_load((project.root / "params.yaml").read_text()), extra)
+    (project.root / "bad-params.yaml").write_text(yaml.safe_dump(raw))
+    return project.run(sys.executable, "-m", f"stages.{name}", "--params", "bad-params.yaml",
+                       check=False, timeout=120)
+
+
+def test_unet_levels_mismatch_fails_fast_naming_the_key(project):
+    project.set_params(TINY)
+    start = time.time()
+    proc = _stage_with(project, "train_base", {"train_base": {"unet": {"attention": [False]}}})
+    assert proc.returncode == 2, proc.stderr
+    assert "train_base.unet" in proc.stderr and "attention" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert time.time() - start < 60
+    assert not (project.root / "data").exists(), "no work before validation"
+
+
+def test_missing_base_model_names_model_index(project):
+    project.set_params(TINY)
+    proc = _stage_with(project, "train_mv", {"train_mv": {"base_model": "data/models/missing"}})
+    assert proc.returncode == 2, proc.stderr
+    assert "train_mv.base_model" in proc.stderr and "data/models/missing" in proc.stderr
+    assert "model_index.json" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (project.root / "data/models/mv").exists()
