@@ -274,6 +274,7 @@ class TrainAGPParams(Strict):
     """SweetDreamer AGP: the base model fine-tuned to generate canonical coordinate maps."""
     base_model: str = "data/models/base"
     caption_dropout: float = Field(0.1, ge=0.0, le=1.0)
+    original_text_prob: float = Field(0.3, ge=0.0, le=1.0)
     # Train the same model with the camera switched off, for the held-out comparison.
     ablation: bool = True
     eval_timesteps: int = Field(8, ge=1, le=1000)

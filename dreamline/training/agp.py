@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from dreamline.config import TrainAGPParams
-from dreamline.training.common import (training_record, file_digest, fresh_folder, heldout_captions,
+from dreamline.training.common import (training_record, file_digest, fresh_folder,
                                        load_base_pipeline, pixel_resolution, renders_digest,
                                        replace_folder, run_key, write_summary)
 from dreamline.training.data import TextBank, all_texts, choose_captions, load_views
@@ -57,7 +57,7 @@ def _train_one(unet, p: TrainAGPParams, table, bank, pipe, scheduler, work_dir: 
     def make_batch(step: int) -> DenoiseBatch:
         idx = batch_indices(seed, step, len(table), bs)
         rng = np.random.default_rng([seed, step, 13])
-        texts = choose_captions(table.rows.iloc[idx], rng, 0.3, p.caption_dropout)
+        texts = choose_captions(table.rows.iloc[idx], rng, p.original_text_prob, p.caption_dropout)
         return _batch(pipe, table, idx, texts, bank, cameras)
 
     trainer = Trainer(unet, p.train, work_dir, make_batch,

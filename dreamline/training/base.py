@@ -7,7 +7,6 @@ pixel space through the pixel-unshuffle codec; v-prediction, cosine schedule, EM
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,6 @@ from dreamline.training.data import (TextBank, all_texts, choose_captions, load_
 from dreamline.training.objectives import (DenoiseBatch, comparison_table, paired_heldout_losses,
                                            training_loss)
 
-log = logging.getLogger("dreamline.training")
 WHITE = torch.ones(3)
 
 

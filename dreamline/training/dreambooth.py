@@ -60,8 +60,8 @@ def preservation_l1(model: torch.nn.Module, theta0: list[torch.Tensor]) -> torch
     return sum((q - q0).abs().sum() for q, q0 in zip(params, theta0)) / total
 
 
-def dreambooth(p: DreamBoothParams, out_dir: Path, work_dir: Path, renders_root: Path,
-               captions_path: Path) -> dict:
+def dreambooth(p: DreamBoothParams, renders_root: Path, captions_path: Path, out_dir: Path,
+               work_dir: Path) -> dict:
     from diffusers import DDPMScheduler
 
     from dreamline.models.codec import to_latent

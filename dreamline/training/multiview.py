@@ -62,7 +62,7 @@ def heldout_comparison(base_unet, mv_unet, pipe, val, bank, p: TrainMVParams, ma
         "multiview": (mv_unet, batches(p.caption_suffix, True, p.num_views)),
         "multiview_attention_off": (mv_unet, batches(p.caption_suffix, True, 1)),
         "base": (base_unet, batches("", False, 1)),
-    }, pipe.scheduler, p.eval_timesteps, p.train.seed)
+    }, pipe.scheduler, p.eval_timesteps, p.train.seed, unit_size=p.num_views)
     table = comparison_table(results, "multiview", p.train.seed)
     table["_sets"] = int(len(sets))
     return table
@@ -72,7 +72,6 @@ def train_mv(p: TrainMVParams, renders_root: Path, captions_path: Path, out_dir:
              work_dir: Path, max_tokens: int = 16) -> dict:
     from dreamline.models.grid import grid_image
     from dreamline.models.unet import has_camera, is_multiview, to_multiview
-    from dreamline.training.common import training_scheduler  # noqa: F401  (schedule comes from the base)
     from dreamline.training.loop import Trainer, batch_indices
 
     torch.manual_seed(p.train.seed)
@@ -102,7 +101,6 @@ def train_mv(p: TrainMVParams, renders_root: Path, captions_path: Path, out_dir:
         chosen = sets[batch_indices(seed, step, len(sets), bs)]
         firsts = train.rows.iloc[chosen[:, 0]]
         texts = choose_captions(firsts, rng, p.original_text_prob, p.caption_dropout, p.caption_suffix)
-        texts = ["" if t == "" else t for t in texts]
         return set_batch(pipe, train, chosen, texts, bank, F)
 
     key = run_key(p, renders_digest(renders_root), file_digest(captions_path),

@@ -67,22 +67,28 @@ def training_loss(unet, scheduler, batch: DenoiseBatch, generator: torch.Generat
 
 @torch.no_grad()
 def paired_heldout_losses(variants: dict[str, tuple], scheduler, timesteps: int,
-                          seed: int) -> dict[str, dict]:
+                          seed: int, unit_size: int = 1) -> dict[str, dict]:
     """Mean held-out denoising loss of several (model, batches) variants on the SAME noise.
 
     Each variant is (unet, list of DenoiseBatch); the lists are aligned and hold the same
     latents, differing only in what the variant changes (text, cameras, F). Every batch is
     evaluated at `timesteps` evenly spaced t with noise drawn from `seed`, so rows differ
-    only by the model or its conditioning. Per row: mean loss, per-timestep means and the
-    per-item losses (for paired comparisons and bootstrap intervals).
+    only by the model or its conditioning. Per row: mean loss, per-timestep means, every
+    evaluation's loss ("items": images x timesteps) and per-unit losses ("units"): the
+    mean over timesteps and over `unit_size` consecutive images (the views of one set),
+    the independent units a bootstrap may resample.
     """
     T = scheduler.config.num_train_timesteps
     grid = torch.linspace(0, T - 1, timesteps + 2)[1:-1].round().long()
     names = list(variants)
     first = variants[names[0]][1]
     per_item = {name: [] for name in names}
+    per_unit = {name: [] for name in names}
     per_t = {name: torch.zeros(len(grid)) for name in names}
     for b, ref in enumerate(first):
+        if ref.latents.shape[0] % unit_size:
+            raise ValueError(f"batch {b} of {ref.latents.shape[0]} images is not whole units of {unit_size}")
+        at_b = {name: [] for name in names}
         for k, t_val in enumerate(grid):
             g = torch.Generator().manual_seed(seed * 1_000_003 + b * 1009 + k)
             noise = torch.randn(ref.latents.shape, generator=g)
@@ -91,33 +97,38 @@ def paired_heldout_losses(variants: dict[str, tuple], scheduler, timesteps: int,
                 unet, batches = variants[name]
                 losses = denoise_loss(unet, scheduler, batches[b], noise, t, reduction="none")
                 per_item[name].append(losses)
+                at_b[name].append(losses)
                 per_t[name][k] += losses.sum()
+        for name in names:  # (K, n) -> per image over timesteps -> per unit
+            per_unit[name].append(torch.stack(at_b[name]).mean(0).reshape(-1, unit_size).mean(1))
     n_items = sum(b.latents.shape[0] for b in first)
     out = {}
     for name in names:
         items = torch.cat(per_item[name])
-        out[name] = {"loss": float(items.mean()), "items": items,
+        out[name] = {"loss": float(items.mean()), "items": items, "units": torch.cat(per_unit[name]),
                      "per_timestep": {int(t): float(v / n_items) for t, v in zip(grid, per_t[name])}}
     return out
 
 
 def comparison_table(results: dict[str, dict], reference: str, seed: int = 0) -> dict:
-    """JSON-ready rows: each variant's loss and its paired difference to `reference`."""
-    ref = results[reference]["items"]
+    """JSON-ready rows: each variant's loss and its paired difference to `reference`, with a
+    95% interval from resampling units (evaluations of one view or view set at several
+    timesteps share the view, so they are not independent draws)."""
+    ref = results[reference]["units"]
     rows = {}
     for name, r in results.items():
-        row = {"loss": round(r["loss"], 6), "items": int(len(r["items"])),
+        row = {"loss": round(r["loss"], 6), "items": int(len(r["items"])), "units": int(len(r["units"])),
                "per_timestep": {str(k): round(v, 6) for k, v in r["per_timestep"].items()}}
         if name != reference:
-            lo, hi = paired_bootstrap(r["items"], ref, seed)
-            row["minus_" + reference] = round(float((r["items"] - ref).mean()), 6)
+            lo, hi = paired_bootstrap(r["units"], ref, seed)
+            row["minus_" + reference] = round(float((r["units"] - ref).mean()), 6)
             row["ci95"] = [round(lo, 6), round(hi, 6)]
         rows[name] = row
     return rows
 
 
 def paired_bootstrap(a: torch.Tensor, b: torch.Tensor, seed: int = 0, n: int = 1000) -> tuple[float, float]:
-    """95% interval of mean(a - b) over items, resampled in pairs."""
+    """95% interval of mean(a - b) over paired units, resampled with replacement."""
     d = (a - b).double()
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, len(d), (n, len(d)), generator=g)
