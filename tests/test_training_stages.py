@@ -225,7 +225,10 @@ def test_training_stages_end_to_end(tiny):
     assert curve_steps(models / "agp", "curve_ablation.csv") == [1, 2, 3]
     k = min(2, agp["heldout_views"])
     check_samples(models / "agp", grid_size(2 * k, k))
-    assert agp["samples"]["in_unit_range"] and agp["samples"]["background_zero"]
+    samples = agp["samples"]
+    assert samples["samples"] == k and len(samples["real_foreground_fraction"]) == k
+    assert 0.0 <= samples["raw_outside_range_fraction"] <= 1.0
+    assert all(0.0 < f < 1.0 for f in samples["real_foreground_fraction"])
     ccm = CCMPipeline.from_pretrained(models / "agp")
     out = ccm("a chair", cameras=orbit_cameras(2), num_inference_steps=2,
               generator=torch.Generator().manual_seed(0), output_type="np")
