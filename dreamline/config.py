@@ -294,6 +294,201 @@ class DreamBoothParams(Strict):
                                            checkpoint_every=20, sample_captions=1)
 
 
+# --- distillation (issue 5): representation and guidance registries with typed blocks ---
+
+class VoxelParams(Strict):
+    """A density + albedo voxel grid, trilinearly interpolated (DVGO / PLATFORM feasibility)."""
+    resolution: int = Field(32, ge=4, le=512)
+    bound: float = Field(0.6, gt=0.0, le=10.0)          # the cube [-bound, bound]^3
+    samples_per_ray: int = Field(32, ge=4, le=1024)     # inside the bounding sphere (~1 per cell)
+    # DreamFusion/Magic3D density blob: sigma = softplus(grid + bias + blob * (1 - r/radius)).
+    density_bias: float = -1.0
+    blob_density: float = Field(10.0, ge=0.0)
+    blob_radius: float = Field(0.35, gt=0.0)
+    lr_density: float = Field(0.05, gt=0.0)
+    lr_albedo: float = Field(0.05, gt=0.0)
+    lr_background: float = Field(0.01, gt=0.0)
+    mesh_threshold: float = Field(5.0, gt=0.0)         # density of the exported isosurface
+
+
+class GaussianParams(Strict):
+    """3D Gaussians (isotropic colour, no SH), rasterised in pure torch or with gsplat."""
+    num_points: int = Field(2048, ge=1, le=5_000_000)
+    init: Literal["sphere", "box", "points"] = "sphere"
+    init_radius: float = Field(0.3, gt=0.0)             # sphere radius / box half-size
+    init_points: Optional[str] = None                   # a point cloud (.ply/.npy) for init=points
+    bound: float = Field(0.6, gt=0.0, le=10.0)
+    initial_scale: float = Field(0.03, gt=0.0)
+    initial_opacity: float = Field(0.3, gt=0.0, lt=1.0)
+    max_scale: float = Field(0.15, gt=0.0)
+    lr_position: float = Field(0.002, gt=0.0)
+    lr_scale: float = Field(0.01, gt=0.0)
+    lr_rotation: float = Field(0.005, gt=0.0)
+    lr_opacity: float = Field(0.05, gt=0.0)
+    lr_colour: float = Field(0.02, gt=0.0)
+    lr_background: float = Field(0.01, gt=0.0)
+    rasteriser: Literal["auto", "torch", "gsplat"] = "auto"   # auto: gsplat on CUDA when installed
+    mesh_threshold: float = Field(0.5, gt=0.0)         # summed opacity-weighted Gaussians
+
+
+REPRESENTATION_PARAMS: dict[str, type[Strict]] = {"voxel": VoxelParams, "gaussians": GaussianParams}
+
+
+class SDSParams(Strict):
+    """DreamFusion SDS with the 2D base model."""
+    weight: float = Field(1.0, ge=0.0)
+    model: str = "data/models/base"
+    guidance_scale: float = Field(7.5, ge=0.0, le=200.0)   # paper 100 (Imagen); ours breaks far above 10
+    t_range: Range = (0.02, 0.98)
+    weighting: Literal["sds", "snr", "uniform"] = "sds"    # w(t) = 1 - alpha_bar (sigma_t^2)
+    view_prompts: bool = True                              # ", front view" / side / back / overhead
+    negative_prompt: str = ""
+    perp_neg: bool = False                                 # Armandpour et al. 2023
+    perp_neg_weight: float = Field(1.0, ge=0.0)
+
+
+class MVSDSParams(Strict):
+    """MVDream multi-view SDS in its x0-reconstruction form."""
+    weight: float = Field(1.0, ge=0.0)
+    model: str = "data/models/mv"
+    guidance_scale: float = Field(7.5, ge=0.0, le=200.0)   # reference 50
+    guidance_rescale: float = Field(0.5, ge=0.0, le=1.0)
+    # (start, end) of the annealed timestep bounds, reached after anneal_fraction of the run.
+    min_step: Range = (0.98, 0.02)
+    max_step: Range = (0.98, 0.50)
+    anneal_fraction: float = Field(0.8, gt=0.0, le=1.0)
+    negative_prompt: str = ""
+    num_views: int = Field(4, ge=1, le=16)
+
+
+class ISMParams(Strict):
+    """LucidDreamer interval score matching."""
+    weight: float = Field(1.0, ge=0.0)
+    model: str = "data/models/base"
+    guidance_scale: float = Field(7.5, ge=0.0, le=200.0)
+    t_range: Range = (0.02, 0.5)
+    delta_t: int = Field(50, ge=1)                 # interval s = t - delta_t, at the end of the run
+    delta_t_start: int = Field(100, ge=1)          # larger interval early (geometry)
+    inversion_steps: int = Field(5, ge=1, le=100)  # DDIM inversion steps from x0 to x_s
+    weighting: Literal["sds", "snr", "uniform"] = "sds"
+    view_prompts: bool = True
+    negative_prompt: str = ""
+    perp_neg: bool = False
+    perp_neg_weight: float = Field(1.0, ge=0.0)
+
+
+class AGPGuidanceParams(Strict):
+    """SweetDreamer's AGP term: SDS of the CCM model on the rendered CCM (geometry only)."""
+    weight: Range = (1.0, 0.2)                     # linear from start to end of the run
+    model: str = "data/models/agp"
+    guidance_scale: float = Field(5.0, ge=0.0, le=200.0)
+    t_range: Range = (0.02, 0.98)
+    weighting: Literal["sds", "snr", "uniform"] = "sds"
+
+
+GUIDANCE_PARAMS: dict[str, type[Strict]] = {
+    "sds": SDSParams, "mv-sds": MVSDSParams, "ism": ISMParams, "agp": AGPGuidanceParams,
+}
+
+
+class DistillCameraParams(Strict):
+    fov_deg: Range = (15.0, 60.0)              # the multi-view model's training range
+    elevation_deg: Range = (0.0, 30.0)
+    radius: float = Field(0.6, gt=0.0)         # cameras frame this sphere (framing_distance)
+    distance_scale: Range = (0.9, 1.1)
+    light_distance: Range = (0.8, 1.5)         # point light, in units of the camera distance
+
+
+class ShadingParams(Strict):
+    # Share of iterations per shading mode once the albedo-only warm-up has passed.
+    albedo: float = Field(0.2, ge=0.0)
+    lambertian: float = Field(0.5, ge=0.0)
+    textureless: float = Field(0.3, ge=0.0)
+    albedo_warmup_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    ambient: float = Field(0.3, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _some(self) -> "ShadingParams":
+        if self.albedo + self.lambertian + self.textureless <= 0:
+            raise ValueError("at least one shading mode needs a positive share")
+        return self
+
+
+class ExportParams(Strict):
+    mesh_resolution: int = Field(64, ge=8, le=1024)
+    mesh_threshold: Optional[float] = None     # None: the representation's own default
+    view_resolution: int = Field(64, ge=16, le=2048)
+    turntable_frames: int = Field(24, ge=2, le=720)
+    turntable_elevation_deg: float = 15.0
+    fps: int = Field(12, ge=1, le=120)
+
+
+class DistillParams(Strict):
+    prompts: dict[str, str] = Field(default_factory=lambda: {"red-chair": "a red chair"})
+    representation_type: str = "voxel"
+    representation: dict[str, Any] = Field(default_factory=dict)
+    guidance_type: str = "mv-sds+agp"          # registered terms joined by "+"
+    guidance: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    steps: int = Field(300, ge=1, le=10_000_000)
+    resolution: int = Field(32, ge=8, le=1024)  # rendered views fed to the priors
+    views_per_step: int = Field(4, ge=1, le=64)  # random cameras per step (sds, ism, agp alone)
+    camera: DistillCameraParams = DistillCameraParams()
+    shading: ShadingParams = ShadingParams()
+    background: Literal["white", "random", "mlp"] = "white"   # the priors were trained on white
+    lambda_opacity: float = Field(0.0, ge=0.0)     # sparsity: mean accumulated alpha
+    lambda_orientation: float = Field(0.01, ge=0.0)
+    grad_clip: float = Field(0.0, ge=0.0)          # 0: off
+    checkpoint_every: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1)
+    threads: int = Field(2, ge=1, le=256)
+    seed: int = 0
+    export: ExportParams = ExportParams()
+
+    @model_validator(mode="after")
+    def _blocks(self) -> "DistillParams":
+        import re
+
+        for slug in self.prompts:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,63}", slug):
+                raise ValueError(f"prompts: key {slug!r} must be a slug (a-z, 0-9, -), it names "
+                                 f"data/distill/<slug>")
+        if not self.prompts:
+            raise ValueError("prompts: give at least one")
+        _typed_block("representation", self.representation_type, self.representation,
+                     REPRESENTATION_PARAMS)
+        for term in self.guidance_terms:
+            if term not in GUIDANCE_PARAMS:
+                raise ValueError(f"guidance_type: term {term!r} is not registered; known: "
+                                 f"{sorted(GUIDANCE_PARAMS)}")
+        for name, block in self.guidance.items():
+            _typed_block(f"guidance.{name}", name, block, GUIDANCE_PARAMS)
+        return self
+
+    @property
+    def guidance_terms(self) -> list[str]:
+        return [t.strip() for t in self.guidance_type.split("+") if t.strip()]
+
+    def representation_config(self) -> Strict:
+        return REPRESENTATION_PARAMS[self.representation_type].model_validate(self.representation)
+
+    def guidance_config(self, term: str) -> Strict:
+        return GUIDANCE_PARAMS[term].model_validate(self.guidance.get(term, {}))
+
+
+def _typed_block(where: str, name: str, block: dict, table: dict[str, type[Strict]]) -> None:
+    """Validate a `<part>` block against the config model its `<part>_type` names."""
+    if name not in table:
+        raise ValueError(f"{where}: {name!r} is not registered; known: {sorted(table)}")
+    try:
+        table[name].model_validate(block)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{where}.{'.'.join(map(str, e['loc']))}: "
+            + ("unknown key (typo?)" if e["type"] == "extra_forbidden" else e["msg"])
+            for e in err.errors())
+        raise ValueError(problems) from None
+
+
 class ExecutionParams(Strict):
     """How shards are executed; never what they compute, so no stage lists it as a dep."""
     # thread: Prefect's thread pool in the stage process. dask: prefect-dask's
@@ -316,6 +511,7 @@ class Params(Strict):
     train_mv: TrainMVParams = TrainMVParams()
     train_agp: TrainAGPParams = TrainAGPParams()
     dreambooth: DreamBoothParams = DreamBoothParams()
+    distill: DistillParams = DistillParams()
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

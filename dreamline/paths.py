@@ -10,3 +10,4 @@ MODELS = DATA / "models"
 # Training checkpoints: scratch for resuming a killed run, not a stage output (DVC does not
 # track it); a finished training removes its own.
 CHECKPOINTS = DATA / "checkpoints"
+DISTILL = DATA / "distill"

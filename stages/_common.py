@@ -17,11 +17,15 @@ for key, value in {
 from dreamline.config import ParamsError, load_params  # noqa: E402
 
 
-def run_stage(name: str, flow_ref: str, before=None) -> None:
-    """Validate params, then import and run the flow `module:function` with them."""
+def run_stage(name: str, flow_ref: str, before=None, options: dict | None = None) -> None:
+    """Validate params, then import and run the flow `module:function` with them.
+    `options`: extra command-line flags (argparse kwargs) passed to the flow by their dest."""
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}")
     parser.add_argument("--params", default="params.yaml")
+    for flag, kwargs in (options or {}).items():
+        parser.add_argument(flag, **kwargs)
     args = parser.parse_args()
+    flow_kwargs = {kwargs["dest"]: getattr(args, kwargs["dest"]) for kwargs in (options or {}).values()}
     try:
         params = load_params(args.params)  # fail fast, before any work or server start
     except ParamsError as err:
@@ -39,7 +43,7 @@ def run_stage(name: str, flow_ref: str, before=None) -> None:
 
     flow = getattr(importlib.import_module(module), func)
     with shared_api_server(params.execution):
-        summary = with_runner(flow, params.execution)(params)
+        summary = with_runner(flow, params.execution)(params, **flow_kwargs)
     print(f"stage {name}: {summary}")
 
 

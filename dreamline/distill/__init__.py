@@ -1,0 +1,1 @@
+"""Text-to-3D distillation: camera sampling, the optimisation loop, and asset export."""

@@ -1,0 +1,101 @@
+"""What a finished distillation leaves in data/distill/<slug>/: the asset in every form
+users of these systems expect, written from the representation alone."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dreamline.atomic import write_bytes_atomic
+from dreamline.config import DistillParams, ExportParams
+from dreamline.distill.sampling import azimuth_ring, fixed_views
+from dreamline.representations import build_representation
+from dreamline.representations.base import Representation
+from dreamline.representations.export import (
+    EmptyMeshError, marching_cubes_mesh, write_gaussian_ply, write_glb, write_loss_curve_csv, write_png,
+    write_turntable,
+)
+
+STATE = "state.pt"
+VIEW_FOV = 40.0
+VIEW_AZIMUTHS = (0.0, 90.0, 180.0, 270.0)
+
+
+def save_state(rep: Representation, p: DistillParams, prompt: str, folder: Path) -> Path:
+    buf = io.BytesIO()
+    torch.save({"prompt": prompt, "representation_type": p.representation_type,
+                "representation": p.representation_config().model_dump(mode="json"),
+                "state_dict": rep.state_dict()}, buf)
+    return write_bytes_atomic(folder / STATE, buf.getvalue())
+
+
+def load_asset(folder: str | Path) -> tuple[Representation, str]:
+    """(representation, prompt) of a finished distillation folder."""
+    from dreamline.config import REPRESENTATION_PARAMS
+
+    path = Path(folder) / STATE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no {STATE} (not a finished distillation)")
+    state = torch.load(path, weights_only=False)
+    config = REPRESENTATION_PARAMS[state["representation_type"]].model_validate(state["representation"])
+    rep = build_representation(state["representation_type"], config, torch.Generator().manual_seed(0))
+    rep.load_state_dict(state["state_dict"])
+    return rep.eval(), state["prompt"]
+
+
+@torch.no_grad()
+def render_views(rep: Representation, azimuths, elevation: float, resolution: int, radius: float,
+                 shading: str = "lambertian", chunk: int = 4) -> np.ndarray:
+    """(N, H, W, 3) uint8 deterministic renders over white at the given azimuths."""
+    views = fixed_views(list(azimuths), elevation, VIEW_FOV, radius, resolution)
+    images = []
+    for i in range(0, len(views.cams), chunk):
+        idx = slice(i, i + chunk)
+        cams = type(views.cams)(views.cams.c2w[idx], views.cams.fov_deg[idx], resolution, resolution)
+        light = type(views.light)(views.light.position[idx], views.light.ambient, views.light.diffuse)
+        out = rep.render(cams, shading, light, torch.ones(len(cams), 3, resolution, resolution))
+        images.append(out.rgb.clamp(0, 1))
+    rgb = torch.cat(images).permute(0, 2, 3, 1).numpy()
+    return (rgb * 255.0 + 0.5).astype(np.uint8)
+
+
+def export_mesh(rep: Representation, e: ExportParams, threshold: float, path: Path) -> dict:
+    density = rep.density_on_grid(e.mesh_resolution)
+    try:
+        mesh = marching_cubes_mesh(
+            density, rep.bound, threshold,
+            colour_fn=lambda v: rep.albedo_at(torch.from_numpy(np.asarray(v, dtype=np.float32))).numpy())
+    except EmptyMeshError as err:
+        return {"error": str(err), "threshold": threshold}
+    write_glb(mesh, path)
+    return {"vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces)), "threshold": threshold,
+            "resolution": e.mesh_resolution, "watertight": bool(mesh.is_watertight),
+            "bounds": np.round(mesh.bounds, 4).tolist()}
+
+
+def write_assets(rep: Representation, p: DistillParams, prompt: str, curve: list[dict], folder: Path) -> dict:
+    """state.pt, mesh.glb, point_cloud.ply (Gaussians), turntable.gif, views/*.png, curve.csv.
+    Returns what was written, for the summary."""
+    e = p.export
+    rep.eval()
+    save_state(rep, p, prompt, folder)
+    threshold = e.mesh_threshold if e.mesh_threshold is not None else p.representation_config().mesh_threshold
+    record = {"mesh": export_mesh(rep, e, threshold, folder / "mesh.glb")}
+    if hasattr(rep, "ply_arrays"):
+        write_gaussian_ply(folder / "point_cloud.ply", **rep.ply_arrays())
+        record["gaussians"] = int(rep.ply_arrays()["means"].shape[0])
+    radius = p.camera.radius
+    for k, img in enumerate(render_views(rep, VIEW_AZIMUTHS, 15.0, e.view_resolution, radius)):
+        write_png(img, folder / "views" / f"view_{k}.png")
+    textureless = render_views(rep, (45.0,), 15.0, e.view_resolution, radius, shading="textureless")[0]
+    write_png(textureless, folder / "views" / "textureless.png")
+    frames = render_views(rep, azimuth_ring(e.turntable_frames), e.turntable_elevation_deg,
+                          e.view_resolution, radius)
+    write_turntable(list(frames), folder / "turntable.gif", fps=e.fps)
+    if curve:
+        write_loss_curve_csv(curve, folder / "curve.csv")
+    record["views"] = len(VIEW_AZIMUTHS) + 1
+    record["turntable_frames"] = e.turntable_frames
+    return record

@@ -1,0 +1,140 @@
+"""The distillation loop: sample views, render, sum the guidance terms, step; checkpoint.
+
+All randomness comes from one torch.Generator whose state is checkpointed with the
+representation and optimiser, so a killed run resumes to the same asset as an unbroken one.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from dreamline.atomic import write_bytes_atomic
+from dreamline.config import DistillParams
+from dreamline.distill.sampling import pick_shading, sample_views
+from dreamline.guidance import DiffusionPrior, StepInput, build_guidance
+from dreamline.representations import build_representation
+from dreamline.representations.base import BackgroundMLP, background_images
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class DistillResult:
+    representation: torch.nn.Module
+    steps: int
+    seconds: float
+    resumed_from: int
+    curve: list[dict] = field(default_factory=list)
+
+    @property
+    def iterations_per_s(self) -> float:
+        done = self.steps - self.resumed_from
+        return round(done / self.seconds, 3) if self.seconds > 0 else 0.0
+
+
+def distill_key(p: DistillParams, prompt: str, model_digests: dict[str, str]) -> str:
+    """What determines the asset: the prompt, every distill setting except the prompt list
+    and export settings, and the priors' contents."""
+    settings = p.model_dump(mode="json", exclude={"prompts", "export", "log_every", "checkpoint_every", "threads"})
+    blob = json.dumps([prompt, settings, model_digests], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+class PriorCache:
+    """Loads each model folder once, however many terms (or prompts) use it."""
+
+    def __init__(self, loader: Callable[[str], DiffusionPrior] = DiffusionPrior.load):
+        self.loader = loader
+        self._priors: dict[str, DiffusionPrior] = {}
+
+    def __call__(self, path: str) -> DiffusionPrior:
+        if path not in self._priors:
+            self._priors[path] = self.loader(path)
+        return self._priors[path]
+
+
+def build_terms(p: DistillParams, priors: PriorCache) -> dict[str, object]:
+    return {term: build_guidance(term, p.guidance_config(term), priors(p.guidance_config(term).model))
+            for term in p.guidance_terms}
+
+
+def _save(path: Path, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def distill(p: DistillParams, prompt: str, priors: PriorCache, work_dir: Path, key: str,
+            stop_after: int | None = None, log: Callable[[str], None] | None = None) -> DistillResult:
+    """Optimise a representation for `prompt`. Checkpoints go to work_dir; a checkpoint of
+    the same key resumes. `stop_after` ends the call early (tests of resumption)."""
+    torch.set_num_threads(p.threads)
+    g = torch.Generator().manual_seed(p.seed)
+    rep = build_representation(p.representation_type, p.representation_config(), g)
+    terms = build_terms(p, priors)
+    orthogonal = max((t.orthogonal_views for t in terms.values()), default=0)
+    optimiser = torch.optim.Adam(rep.param_groups(), betas=(0.9, 0.99), eps=1e-15)
+    shares = {"albedo": p.shading.albedo, "lambertian": p.shading.lambertian,
+              "textureless": p.shading.textureless}
+
+    start, curve = 0, []
+    ckpt = work_dir / CHECKPOINT
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        if state.get("key") == key:
+            rep.load_state_dict(state["representation"])
+            optimiser.load_state_dict(state["optimiser"])
+            g.set_state(state["generator"])
+            start, curve = state["step"], state["curve"]
+            if log:
+                log(f"resuming {prompt!r} from step {start}")
+
+    t0 = time.perf_counter()
+    end = p.steps if stop_after is None else min(p.steps, stop_after)
+    for step in range(start, end):
+        progress = step / p.steps
+        views = sample_views(p.camera, p.views_per_step, orthogonal, p.resolution, g, p.shading.ambient)
+        shading = pick_shading(shares, progress, p.shading.albedo_warmup_fraction, g)
+        dirs = views.cams.rays()[1] if p.background == "mlp" else None
+        bg = background_images(p.background, len(views.cams), p.resolution, p.resolution, g, dirs,
+                               rep.background if isinstance(getattr(rep, "background", None), BackgroundMLP) else None)
+        out = rep.render(views.cams, shading, views.light, bg, generator=g,
+                         need_normals=shading != "albedo")
+        s = StepInput(out, views.cams, views.azimuth_deg, views.elevation_deg, prompt, step, p.steps, g)
+        row = {"step": step + 1, "shading": shading}
+        total = torch.zeros(())
+        for name, term in terms.items():
+            result = term(s)
+            w = term.weight_at(progress)
+            total = total + w * result["loss"]
+            row[f"loss_{name}"] = round(float(result["loss"]), 6)
+            row[f"t_{name}"] = round(float(result["t"]), 1)
+        if p.lambda_orientation > 0:
+            total = total + p.lambda_orientation * out.orientation
+        if p.lambda_opacity > 0:
+            total = total + p.lambda_opacity * out.opacity.mean()
+        row["orientation"] = round(float(out.orientation), 6)
+        row["opacity"] = round(float(out.opacity.mean()), 4)
+        row["loss"] = round(float(total), 6)
+        optimiser.zero_grad(set_to_none=True)
+        total.backward()
+        if p.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(rep.parameters(), p.grad_clip)
+        optimiser.step()
+        rep.post_step(step)
+        curve.append(row)
+        done = step + 1
+        if log and (done % p.log_every == 0 or done == p.steps):
+            log(f"{prompt!r} step {done}/{p.steps} loss {row['loss']:.4f} opacity {row['opacity']:.3f} "
+                f"({shading})")
+        if done % p.checkpoint_every == 0 or done == end:
+            _save(ckpt, {"key": key, "step": done, "representation": rep.state_dict(),
+                         "optimiser": optimiser.state_dict(), "generator": g.get_state(), "curve": curve})
+    return DistillResult(rep, end, time.perf_counter() - t0, start, curve)

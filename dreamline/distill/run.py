@@ -1,0 +1,68 @@
+"""One prompt, end to end: distil (resuming a checkpoint of the same key), export the asset
+into a fresh folder, write its summary, and swap the folder in place."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from dreamline.config import DistillParams
+from dreamline.distill.assets import write_assets
+from dreamline.distill.loop import PriorCache, distill, distill_key
+from dreamline.training.common import file_digest, fresh_folder, replace_folder, write_summary
+
+
+def model_paths(p: DistillParams) -> list[str]:
+    return sorted({p.guidance_config(term).model for term in p.guidance_terms})
+
+
+def check_models(p: DistillParams) -> None:
+    """Fail before any work when a prior the guidance needs is missing, naming the key."""
+    for term in p.guidance_terms:
+        path = Path(p.guidance_config(term).model)
+        if not (path / "model_index.json").is_file():
+            raise FileNotFoundError(f"distill.guidance.{term}.model: {path} has no model_index.json "
+                                    f"(run the stage that trains it, or point the key at a diffusers folder)")
+
+
+def _last_mean(curve: list[dict], key: str, n: int = 20) -> float | None:
+    values = [row[key] for row in curve[-n:] if key in row]
+    return round(sum(values) / len(values), 6) if values else None
+
+
+def distill_prompt(p: DistillParams, slug: str, prompt: str, out_dir: Path, work_dir: Path,
+                   priors: PriorCache | None = None, log: Callable[[str], None] | None = None,
+                   stop_after: int | None = None) -> dict:
+    """data/distill/<slug>: skipped when its summary already has this run's key."""
+    check_models(p)
+    digests = {path: file_digest(path) for path in model_paths(p)}
+    key = distill_key(p, prompt, digests)
+    summary_path = out_dir / "summary.json"
+    if summary_path.is_file():
+        old = json.loads(summary_path.read_text())
+        if old.get("key") == key and old.get("export") == p.export.model_dump(mode="json"):
+            if log:
+                log(f"{slug}: up to date ({key})")
+            return old
+    work_dir.mkdir(parents=True, exist_ok=True)
+    result = distill(p, prompt, priors or PriorCache(), work_dir, key, stop_after=stop_after, log=log)
+    if result.steps < p.steps:
+        return {"slug": slug, "prompt": prompt, "key": key, "stopped_at": result.steps}
+    t0 = time.perf_counter()
+    tmp = fresh_folder(out_dir)
+    assets = write_assets(result.representation, p, prompt, result.curve, tmp)
+    summary = {
+        "slug": slug, "prompt": prompt, "key": key,
+        "representation_type": p.representation_type, "guidance_type": p.guidance_type,
+        "steps": result.steps, "resumed_from": result.resumed_from,
+        "distill_seconds": round(result.seconds, 2), "iterations_per_s": result.iterations_per_s,
+        "export_seconds": round(time.perf_counter() - t0, 2),
+        "final_loss": _last_mean(result.curve, "loss"), "final_opacity": _last_mean(result.curve, "opacity"),
+        "models": digests, "assets": assets, "export": p.export.model_dump(mode="json"),
+    }
+    write_summary(tmp, summary)
+    replace_folder(tmp, out_dir)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return summary

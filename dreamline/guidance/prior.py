@@ -1,0 +1,106 @@
+"""A frozen diffusion model as a score function for distillation.
+
+Wraps one of this project's pipelines (or an SD 2.1 folder loaded as one): images in
+[0, 1] go to the UNet's space, the UNet's prediction (epsilon or v) comes back as epsilon
+and as the x0 estimate, with classifier-free guidance batched in one call.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dreamline.models.codec import to_latent
+from dreamline.models.pipelines import rescale_guidance
+from dreamline.models.text import TextCache
+from dreamline.models.unet import has_camera, is_multiview
+
+
+@dataclass
+class Prediction:
+    eps: torch.Tensor      # guided epsilon
+    x0: torch.Tensor       # guided x0 estimate (CFG rescale applied when asked)
+    eps_cond: torch.Tensor
+    eps_uncond: torch.Tensor
+
+
+class DiffusionPrior:
+    def __init__(self, pipe, name: str = ""):
+        self.name = name
+        self.pipe = pipe
+        self.unet = pipe.unet.eval().requires_grad_(False)
+        self.vae = pipe.vae
+        self.text = TextCache(pipe.text_encoder, pipe.tokenizer, pipe.config.max_tokens)
+        self.alphas_cumprod = pipe.scheduler.alphas_cumprod.float()
+        self.num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
+        self.prediction_type = pipe.scheduler.config.prediction_type
+        self.uses_cameras = has_camera(self.unet)
+        self.multiview = is_multiview(self.unet)
+        from dreamline.training.common import pixel_resolution
+
+        self.resolution = pixel_resolution(pipe)
+
+    @classmethod
+    def load(cls, path: str) -> "DiffusionPrior":
+        from dreamline.training.common import load_base_pipeline
+
+        return cls(load_base_pipeline(path), name=str(path))
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (N, 3, H, W) in [0, 1] -> model space, resized to the model's resolution
+        (differentiably: the gradient flows back to the render)."""
+        if images.shape[-1] != self.resolution or images.shape[-2] != self.resolution:
+            images = F.interpolate(images, size=(self.resolution, self.resolution), mode="bilinear",
+                                   align_corners=False, antialias=True)
+        return to_latent(self.vae, images * 2.0 - 1.0)
+
+    def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
+        return self.alphas_cumprod[t.long()].reshape(-1, 1, 1, 1)
+
+    def add_noise(self, z: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        ab = self.alpha_bar(t)
+        return ab.sqrt() * z + (1.0 - ab).sqrt() * noise
+
+    def eps_and_x0(self, z_t: torch.Tensor, t: torch.Tensor, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ab = self.alpha_bar(t)
+        if self.prediction_type == "epsilon":
+            eps = raw
+            return eps, (z_t - (1.0 - ab).sqrt() * eps) / ab.sqrt()
+        if self.prediction_type == "v_prediction":
+            return ab.sqrt() * raw + (1.0 - ab).sqrt() * z_t, ab.sqrt() * z_t - (1.0 - ab).sqrt() * raw
+        raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
+
+    @torch.no_grad()
+    def raw(self, z_t: torch.Tensor, t: torch.Tensor, texts: list[str], cameras: torch.Tensor | None,
+            num_views: int) -> torch.Tensor:
+        """The UNet's prediction for len(texts) == len(z_t) inputs."""
+        states, mask = self.text(texts)
+        kwargs = {}
+        if self.multiview:
+            kwargs["cross_attention_kwargs"] = {"num_views": num_views}
+        labels = cameras if self.uses_cameras else None
+        return self.unet(z_t, t, encoder_hidden_states=states, encoder_attention_mask=mask,
+                         class_labels=labels, **kwargs).sample.float()
+
+    @torch.no_grad()
+    def eps(self, z_t: torch.Tensor, t: torch.Tensor, texts: list[str], cameras=None,
+            num_views: int = 1) -> torch.Tensor:
+        return self.eps_and_x0(z_t, t, self.raw(z_t, t, texts, cameras, num_views))[0]
+
+    @torch.no_grad()
+    def guided(self, z_t: torch.Tensor, t: torch.Tensor, texts: list[str], negatives: list[str],
+               scale: float, cameras: torch.Tensor | None = None, num_views: int = 1,
+               rescale: float = 0.0) -> Prediction:
+        """Classifier-free guidance: uncond + scale * (cond - uncond), both in one UNet call.
+        `rescale` applies Lin et al.'s CFG rescale to the x0 estimate (MVDream's SDS)."""
+        n = z_t.shape[0]
+        cams = None if cameras is None else torch.cat([cameras, cameras])
+        raw = self.raw(torch.cat([z_t, z_t]), torch.cat([t, t]), list(negatives) + list(texts), cams, num_views)
+        eps_u, x0_u = self.eps_and_x0(z_t, t, raw[:n])
+        eps_c, x0_c = self.eps_and_x0(z_t, t, raw[n:])
+        eps = eps_u + scale * (eps_c - eps_u)
+        x0 = x0_u + scale * (x0_c - x0_u)
+        if rescale > 0.0:
+            x0 = rescale_guidance(x0, x0_c, rescale)
+        return Prediction(eps=eps, x0=x0, eps_cond=eps_c, eps_uncond=eps_u)

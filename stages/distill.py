@@ -1,0 +1,23 @@
+"""DVC stage `distill@<slug>`: `python -m stages.distill [--prompt SLUG] [--params params.yaml]`.
+
+dvc.yaml makes one stage instance per prompt (foreach over distill.prompts), so one prompt
+reruns alone; without --prompt every prompt of params runs."""
+from stages._common import run_stage
+
+
+def _models(params) -> None:
+    import sys
+
+    from dreamline.distill.run import check_models
+
+    try:
+        check_models(params.distill)
+    except FileNotFoundError as err:
+        print(err, file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    run_stage("distill", "flows.distill:distill_flow", before=_models,
+              options={"--prompt": {"dest": "slugs", "action": "append",
+                                    "help": "a key of distill.prompts (repeatable)"}})
