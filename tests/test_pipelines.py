@@ -13,20 +13,16 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, UNet2DConditionModel
-from transformers import BertConfig, BertModel, BertTokenizer, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from dreamline.config import UNetParams
-from dreamline.models.codec import PixelUnshuffleCodec
 from dreamline.models.grid import grid_image
-from dreamline.models.pipelines import CCMPipeline, MultiViewDiffusionPipeline, load_sd_layout
+from dreamline.models.pipelines import CCMPipeline, load_sd_layout
 from dreamline.models.text import encode_text
-from dreamline.models.unet import build_unet, has_camera, is_multiview, set_multiview
+from dreamline.models.unet import has_camera, is_multiview
 from dreamline.rendering.cameras import orbit_c2w
+from tiny_models import tiny_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = UNetParams(block_out_channels=(16, 32), attention=(False, True), attention_head_dim=8,
-                  norm_num_groups=8)
-WORDS = "a an red blue green chair table mug lamp car small big 3d asset".split()
 STEPS = 3
 
 
@@ -34,28 +30,6 @@ def orbit_cameras(n: int = 4, elevation: float = 15.0) -> torch.Tensor:
     """MVDream's orthogonal views: (n, 16) row-major camera-to-world matrices."""
     return torch.tensor(np.stack([orbit_c2w(360.0 * i / n, elevation, 2.0).reshape(16)
                                   for i in range(n)]), dtype=torch.float32)
-
-
-def tiny_text():
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS)}
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=32)
-    return BertModel(config).eval(), BertTokenizer(vocab=vocab)
-
-
-def tiny_pipeline(cls=MultiViewDiffusionPipeline, camera=True, multiview=True, seed=0):
-    text_encoder, tokenizer = tiny_text()
-    torch.manual_seed(seed)
-    unet = build_unet(TINY, in_channels=12, sample_size=4, cross_attention_dim=16,
-                      camera_dim=16 if camera else None)
-    if multiview:
-        set_multiview(unet)
-    scheduler = DDIMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
-    pipe = cls(unet=unet.eval(), vae=PixelUnshuffleCodec(factor=2), text_encoder=text_encoder,
-               tokenizer=tokenizer, scheduler=scheduler, max_tokens=8, num_views=4)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def seeded(seed=0):
