@@ -55,5 +55,84 @@ def sample(prompt: str = typer.Argument(..., help="text prompt"),
     typer.echo(f"wrote {out} ({len(images)} images, {type(pipe).__name__} from {model})")
 
 
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:64] or "prompt"
+
+
+def _parse_sets(items: list[str]) -> dict:
+    """["a.b=1", "c=x"] -> {"a": {"b": 1}, "c": "x"}; values are YAML (numbers, lists, ...)."""
+    import yaml
+
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+@app.command()
+def generate(prompt: str = typer.Argument(..., help="text prompt"),
+             out: Optional[Path] = typer.Option(None, help="asset folder (default data/distill/<slug>)"),
+             params: Path = typer.Option(Path("params.yaml"), help="params file; its distill block is the base"),
+             guidance: Optional[str] = typer.Option(None, help="guidance_type, e.g. sds, mv-sds+agp, ism"),
+             representation: Optional[str] = typer.Option(None, help="representation_type: voxel | gaussians"),
+             steps: Optional[int] = typer.Option(None, min=1, help="optimisation steps"),
+             seed: Optional[int] = typer.Option(None),
+             set_: list[str] = typer.Option([], "--set", help="any distill key, e.g. "
+                                            "--set guidance.ism.delta_t=100 (repeatable)")):
+    """Distil PROMPT into a 3D asset with the `distill` stage's flow and any settings."""
+    import yaml
+
+    from dreamline.config import ParamsError, load_params, parse_params
+
+    try:
+        base = load_params(params).model_dump(mode="json")
+    except ParamsError as err:
+        raise typer.BadParameter(str(err), param_hint="--params") from None
+    folder = out or Path("data/distill") / _slug(prompt)
+    block = base["distill"]
+    if representation is not None and representation != block["representation_type"]:
+        block["representation"] = {}            # the old block belongs to another representation
+    for key, value in (("guidance_type", guidance), ("representation_type", representation),
+                       ("steps", steps), ("seed", seed)):
+        if value is not None:
+            block[key] = value
+    for key, value in _parse_sets(set_).items():
+        block[key] = ({**block.get(key, {}), **value} if isinstance(value, dict) and isinstance(block.get(key), dict)
+                      else value)
+    if _slug(folder.name) != folder.name:
+        raise typer.BadParameter(f"the folder name {folder.name!r} must be a slug (a-z, 0-9, -)",
+                                 param_hint="--out")
+    block["prompts"] = {folder.name: prompt}
+    try:
+        checked = parse_params(base, f"{params} + command line")
+    except ParamsError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+    from dreamline.distill.run import check_models
+
+    try:
+        check_models(checked.distill)
+    except FileNotFoundError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+    from flows.distill import distill_flow
+    from flows.runners import shared_api_server
+
+    slug = folder.name
+    with shared_api_server(checked.execution):
+        summary = distill_flow(checked, [slug], out_root=folder.parent,
+                               checkpoints=Path("data/checkpoints/distill"))
+    typer.echo(yaml.safe_dump({"asset": str(folder.parent / slug), **summary[slug]}, sort_keys=False))
+
+
 if __name__ == "__main__":
     app()

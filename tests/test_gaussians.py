@@ -254,6 +254,26 @@ def test_finite_differences_agree_with_autograd():
         assert abs(numeric) > 1e-6
 
 
+def test_a_few_adam_steps_fit_a_target_render():
+    cams = cameras(Camera.orbit(0.0, 10.0, 1.5, 45.0, 16), Camera.orbit(90.0, 10.0, 1.5, 45.0, 16))
+    teacher = random_splats(150, seed=8)
+    with torch.no_grad():
+        teacher.colour_logits.copy_(torch.tensor([2.0, -2.0, -2.0]))           # red
+        target = teacher.render(cams, "albedo", None, torch.ones(2, 3, 16, 16)).rgb
+    student = random_splats(150, seed=8)
+    opt = torch.optim.Adam(student.param_groups())
+    losses = []
+    for step in range(30):
+        out = student.render(cams, "albedo", None, torch.ones(2, 3, 16, 16))
+        loss = ((out.rgb - target) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        student.post_step(step)
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]
+
+
 # ----------------------------------------------------------------------------- order
 
 def test_nearer_gaussian_dominates_whatever_the_array_order():
@@ -293,8 +313,11 @@ def test_same_seed_same_model_and_render():
 
 def test_density_on_grid():
     centre = (0.1, -0.2, 0.15)
-    model = splats([centre, (-0.3, 0.3, -0.3)], torch.tensor([[0.05, 0.08, 0.03], [0.04, 0.04, 0.04]]),
-                   (0.5, 0.5, 0.5), opacity=0.7, quats=torch.tensor([[0.9, 0.1, -0.3, 0.2], [1.0, 0, 0, 0]]))
+    # The last two poke out of the grid's far and near faces.
+    model = splats([centre, (-0.3, 0.3, -0.3), (0.58, 0.0, 0.57), (-0.59, -0.5, 0.0)],
+                   torch.tensor([[0.05, 0.08, 0.03], [0.04, 0.04, 0.04], [0.06, 0.03, 0.05], [0.03, 0.03, 0.03]]),
+                   (0.5, 0.5, 0.5), opacity=0.7,
+                   quats=torch.tensor([[0.9, 0.1, -0.3, 0.2], [1.0, 0, 0, 0], [0.5, 0.5, 0.1, 0.0], [1.0, 0, 0, 0]]))
     r = 24
     grid = model.density_on_grid(r)
     assert grid.shape == (r, r, r) and grid.dtype == np.float32
@@ -351,7 +374,8 @@ def test_init_box_and_points(tmp_path):
     xyz = torch.as_tensor(cloud[:, :3], dtype=torch.float32)
     dist, nearest = torch.cdist(few.means.detach(), xyz, compute_mode=exact).min(-1)
     assert float(dist.max()) < 1e-6 and len(set(nearest.tolist())) == 60   # a subset, no repeats
-    assert torch.allclose(few.albedo(), torch.as_tensor(cloud[nearest.numpy(), 3:], dtype=torch.float32), atol=0.1)
+    assert torch.allclose(few.albedo().detach(), torch.as_tensor(cloud[nearest.numpy(), 3:], dtype=torch.float32),
+                          atol=1e-3)
 
     many = GaussianSplats(GaussianParams(num_points=250, init="points", init_points=str(path)),
                           torch.Generator().manual_seed(0))
@@ -387,7 +411,7 @@ def test_init_points_from_ply(tmp_path):
     model = GaussianSplats(GaussianParams(num_points=30, init="points", init_points=str(tmp_path / "point_cloud.ply")),
                            torch.Generator().manual_seed(0))
     assert torch.allclose(model.means[:, 0].detach().sort().values, torch.as_tensor(np.sort(rows["x"])), atol=1e-6)
-    assert torch.allclose(model.albedo().detach(), torch.tensor([0.2, 0.5, 0.8]).expand(30, 3), atol=0.05)
+    assert torch.allclose(model.albedo().detach(), torch.tensor([0.2, 0.5, 0.8]).expand(30, 3), atol=1e-3)
 
 
 def test_init_errors(tmp_path):

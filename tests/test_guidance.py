@@ -10,7 +10,7 @@ import torch
 from dreamline.config import AGPGuidanceParams, ISMParams, MVSDSParams, SDSParams, VoxelParams
 from dreamline.guidance import DiffusionPrior, StepInput, build_guidance
 from dreamline.guidance import scores
-from dreamline.representations.base import Cameras, RenderOutput
+from dreamline.representations.base import RenderOutput
 from dreamline.representations.voxel import VoxelField
 from dreamline.distill.sampling import fixed_views
 from tiny_models import tiny_pipeline

@@ -84,8 +84,10 @@ def write_assets(rep: Representation, p: DistillParams, prompt: str, curve: list
     threshold = e.mesh_threshold if e.mesh_threshold is not None else p.representation_config().mesh_threshold
     record = {"mesh": export_mesh(rep, e, threshold, folder / "mesh.glb")}
     if hasattr(rep, "ply_arrays"):
-        write_gaussian_ply(folder / "point_cloud.ply", **rep.ply_arrays())
-        record["gaussians"] = int(rep.ply_arrays()["means"].shape[0])
+        g = rep.ply_arrays()
+        write_gaussian_ply(folder / "point_cloud.ply", g["means"], g["log_scales"], g["quats"],
+                           g["opacity_logit"], g["rgb"])
+        record["gaussians"] = int(g["means"].shape[0])
     radius = p.camera.radius
     for k, img in enumerate(render_views(rep, VIEW_AZIMUTHS, 15.0, e.view_resolution, radius)):
         write_png(img, folder / "views" / f"view_{k}.png")

@@ -114,15 +114,15 @@ def distill(p: DistillParams, prompt: str, priors: PriorCache, work_dir: Path, k
             result = term(s)
             w = term.weight_at(progress)
             total = total + w * result["loss"]
-            row[f"loss_{name}"] = round(float(result["loss"]), 6)
+            row[f"loss_{name}"] = round(float(result["loss"].detach()), 6)
             row[f"t_{name}"] = round(float(result["t"]), 1)
         if p.lambda_orientation > 0:
             total = total + p.lambda_orientation * out.orientation
         if p.lambda_opacity > 0:
             total = total + p.lambda_opacity * out.opacity.mean()
-        row["orientation"] = round(float(out.orientation), 6)
-        row["opacity"] = round(float(out.opacity.mean()), 4)
-        row["loss"] = round(float(total), 6)
+        row["orientation"] = round(float(out.orientation.detach()), 6)
+        row["opacity"] = round(float(out.opacity.detach().mean()), 4)
+        row["loss"] = round(float(total.detach()), 6)
         optimiser.zero_grad(set_to_none=True)
         total.backward()
         if p.grad_clip > 0:

@@ -132,11 +132,21 @@ def background_images(kind: str, n: int, height: int, width: int, generator: tor
 class BackgroundMLP(torch.nn.Module):
     """A small MLP from ray direction (with a few frequencies) to colour."""
 
-    def __init__(self, hidden: int = 32, frequencies: int = 2):
+    def __init__(self, hidden: int = 32, frequencies: int = 2, generator: torch.Generator | None = None):
         super().__init__()
         self.frequencies = frequencies
-        self.net = torch.nn.Sequential(torch.nn.Linear(3 + 6 * frequencies, hidden), torch.nn.ReLU(),
-                                       torch.nn.Linear(hidden, 3))
+        # Built without touching the global RNG, then drawn from `generator` with nn.Linear's
+        # default bounds: the same seed gives the same network, whatever ran before.
+        with torch.random.fork_rng(devices=[]):
+            self.net = torch.nn.Sequential(torch.nn.Linear(3 + 6 * frequencies, hidden), torch.nn.ReLU(),
+                                           torch.nn.Linear(hidden, 3))
+        if generator is not None:
+            with torch.no_grad():
+                for layer in self.net:
+                    if isinstance(layer, torch.nn.Linear):
+                        bound = 1.0 / math.sqrt(layer.in_features)
+                        for param in (layer.weight, layer.bias):
+                            param.copy_((torch.rand(param.shape, generator=generator) * 2 - 1) * bound)
 
     def forward(self, dirs: torch.Tensor) -> torch.Tensor:
         feats = [dirs]

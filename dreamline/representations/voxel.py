@@ -30,7 +30,7 @@ class VoxelField(Representation):
         # Stored (1, C, z, y, x): grid_sample reads coordinates as (x, y, z).
         self.density = torch.nn.Parameter(torch.zeros(1, 1, r, r, r))
         self.albedo = torch.nn.Parameter(0.1 * torch.randn(1, 3, r, r, r, generator=generator))
-        self.background = BackgroundMLP()
+        self.background = BackgroundMLP(generator=generator)
         self.register_buffer("blob", self._blob(r), persistent=False)
 
     def _blob(self, r: int) -> torch.Tensor:
