@@ -76,6 +76,10 @@ def distill(p: DistillParams, prompt: str, priors: PriorCache, work_dir: Path, k
     """Optimise a representation for `prompt`. Checkpoints go to work_dir; a checkpoint of
     the same key resumes. `stop_after` ends the call early (tests of resumption)."""
     torch.set_num_threads(p.threads)
+    # Optimised fields drive UNet activations into subnormal floats, which x86 computes
+    # ~3x slower (measured: 0.94 -> 2.85 it/s for mv-sds+agp); flushing them to zero is
+    # deterministic and below any precision SDS cares about.
+    torch.set_flush_denormal(True)
     g = torch.Generator().manual_seed(p.seed)
     rep = build_representation(p.representation_type, p.representation_config(), g)
     terms = build_terms(p, priors)

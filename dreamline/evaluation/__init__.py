@@ -1,0 +1,1 @@
+"""Metrics: image-text scores, image-set quality, multi-view consistency."""
