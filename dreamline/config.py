@@ -435,7 +435,10 @@ class DistillParams(Strict):
     camera: DistillCameraParams = DistillCameraParams()
     shading: ShadingParams = ShadingParams()
     background: Literal["white", "random", "mlp"] = "white"   # the priors were trained on white
-    lambda_opacity: float = Field(0.0, ge=0.0)     # sparsity: mean accumulated alpha
+    # Sparsity on the mean accumulated alpha. The guidance losses are sums over latent
+    # elements, hence the large weight: 1000 removed the white haze that otherwise fills
+    # the bounding sphere (invisible on the white background the priors know).
+    lambda_opacity: float = Field(1000.0, ge=0.0)
     lambda_orientation: float = Field(0.01, ge=0.0)
     grad_clip: float = Field(0.0, ge=0.0)          # 0: off
     checkpoint_every: int = Field(100, ge=1)
