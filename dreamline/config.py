@@ -424,7 +424,8 @@ class ExportParams(Strict):
 
 
 class DistillParams(Strict):
-    prompts: dict[str, str] = Field(default_factory=lambda: {"red-chair": "a red chair"})
+    prompts: dict[str, str] = Field(default_factory=lambda: {"red-chair": "a red chair",
+                                                             "blue-mug": "a blue mug"})
     representation_type: str = "voxel"
     representation: dict[str, Any] = Field(default_factory=dict)
     guidance_type: str = "mv-sds+agp"          # registered terms joined by "+"
@@ -492,6 +493,49 @@ def _typed_block(where: str, name: str, block: dict, table: dict[str, type[Stric
         raise ValueError(problems) from None
 
 
+class EvaluatorParams(Strict):
+    """The LiT evaluator trained by `train_evaluator` (frozen towers, trained heads)."""
+    render_resolution: int = Field(64, ge=16, le=1024)  # views as the render stage wrote them
+    image_size: int = Field(128, ge=32, le=512)         # EfficientNet-Lite0 input
+    dim: int = Field(256, ge=8, le=4096)
+    steps: int = Field(400, ge=1, le=1_000_000)
+    batch_size: int = Field(128, ge=2, le=65_536)
+    lr: float = Field(1e-3, gt=0.0)
+    threads: int = Field(2, ge=1, le=256)
+    seed: int = 0
+
+
+class ImageQualityParams(Strict):
+    """MVDream Table 1: FID / IS / CLIP score of each model's samples for test captions."""
+    models: dict[str, str] = Field(default_factory=lambda: {"base": "data/models/base",
+                                                            "mv": "data/models/mv"})
+    captions: int = Field(16, ge=1, le=100_000)     # test captions sampled, 4 views each
+    steps: int = Field(20, ge=1, le=1000)           # DDIM
+    guidance_scale: float = Field(1.0, ge=0.0, le=50.0)
+    seed: int = 0
+
+
+class EvaluateParams(Strict):
+    evaluator: str = "data/models/evaluator"        # a train_evaluator folder or a CLIP folder
+    elevation_deg: float = 30.0                     # DreamFusion's R-precision renders
+    azimuths: int = Field(8, ge=4, le=360)
+    resolution: int = Field(64, ge=16, le=1024)
+    # Distractor captions: every test-split caption plus all distilled prompts.
+    real_views_per_object: int = Field(4, ge=1, le=64)
+    image_quality: ImageQualityParams = ImageQualityParams()
+    bootstrap: int = Field(1000, ge=10, le=100_000)
+    threads: int = Field(2, ge=1, le=256)
+    seed: int = 0
+
+
+class AblationParams(Strict):
+    """The guidance ablation (issue 6): the same prompts distilled with each guidance type,
+    every other setting from the distill block."""
+    guidance_types: tuple[str, ...] = ("sds", "mv-sds", "ism", "mv-sds+agp")
+    prompts: tuple[str, ...] = ("red-chair", "blue-mug")   # keys of distill.prompts
+    steps: int = Field(120, ge=1, le=10_000_000)
+
+
 class ExecutionParams(Strict):
     """How shards are executed; never what they compute, so no stage lists it as a dep."""
     # thread: Prefect's thread pool in the stage process. dask: prefect-dask's
@@ -515,6 +559,9 @@ class Params(Strict):
     train_agp: TrainAGPParams = TrainAGPParams()
     dreambooth: DreamBoothParams = DreamBoothParams()
     distill: DistillParams = DistillParams()
+    evaluator: EvaluatorParams = EvaluatorParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    ablation: AblationParams = AblationParams()
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
@@ -528,11 +575,26 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def _check_cross_references(params: "Params") -> None:
+    unknown = sorted(set(params.ablation.prompts) - set(params.distill.prompts))
+    if unknown:
+        raise ValueError(f"ablation.prompts: {unknown} are not keys of distill.prompts")
+    for g in params.ablation.guidance_types:
+        bad = [t for t in g.split("+") if t.strip() not in GUIDANCE_PARAMS]
+        if bad:
+            raise ValueError(f"ablation.guidance_types: {bad} not registered; known: {sorted(GUIDANCE_PARAMS)}")
+
+
 def parse_params(raw: dict[str, Any] | None, source: str = "params") -> Params:
     try:
-        return Params.model_validate(raw or {})
+        params = Params.model_validate(raw or {})
     except ValidationError as err:
         raise ParamsError(_format_errors(err, source)) from None
+    try:
+        _check_cross_references(params)
+    except ValueError as err:
+        raise ParamsError(f"{source}: invalid parameters\n  {err}") from None
+    return params
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -11,3 +11,6 @@ MODELS = DATA / "models"
 # track it); a finished training removes its own.
 CHECKPOINTS = DATA / "checkpoints"
 DISTILL = DATA / "distill"
+ABLATION = DATA / "ablation"
+EVAL = DATA / "eval"
+REPORT = DATA / "report"

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_pkgs="libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6"
+# chromium: the report test opens data/report/index.html in a real (headless) browser.
+apt_pkgs="libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 chromium"
 if command -v apt-get >/dev/null 2>&1; then
   missing=""
   for p in $apt_pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done

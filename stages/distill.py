@@ -5,16 +5,18 @@ reruns alone; without --prompt every prompt of params runs."""
 from stages._common import run_stage
 
 
-def _models(params) -> None:
+def _models(params, guidance_types=None) -> None:
+    """Stop before any work when a prior the guidance needs is missing."""
     import sys
 
     from dreamline.distill.run import check_models
 
-    try:
-        check_models(params.distill)
-    except FileNotFoundError as err:
-        print(err, file=sys.stderr)
-        sys.exit(2)
+    for g in guidance_types or [params.distill.guidance_type]:
+        try:
+            check_models(params.distill.model_copy(update={"guidance_type": g}))
+        except FileNotFoundError as err:
+            print(err, file=sys.stderr)
+            sys.exit(2)
 
 
 if __name__ == "__main__":

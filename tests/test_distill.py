@@ -112,8 +112,14 @@ def test_up_to_date_prompt_is_skipped_and_changed_params_rerun(models, priors, t
     p = tiny_params(models, guidance_type="sds")
     first = distill_prompt(p, "red-chair", "a red chair", tmp_path / "a", tmp_path / "w", priors=priors)
     stamp = (tmp_path / "a" / "state.pt").stat().st_mtime_ns
+    first_curve = (tmp_path / "a" / "curve.csv").read_text()
     assert distill_prompt(p, "red-chair", "a red chair", tmp_path / "a", tmp_path / "w", priors=priors) == first
     assert (tmp_path / "a" / "state.pt").stat().st_mtime_ns == stamp
+    reexport = p.model_copy(update={"export": p.export.model_copy(update={"turntable_frames": 5})})
+    again = distill_prompt(reexport, "red-chair", "a red chair", tmp_path / "a", tmp_path / "w", priors=priors)
+    assert again["key"] == first["key"] and again["assets"]["turntable_frames"] == 5
+    assert Image.open(tmp_path / "a" / "turntable.gif").n_frames == 5
+    assert (tmp_path / "a" / "curve.csv").read_text() == first_curve
     changed = p.model_copy(update={"lambda_orientation": 0.5})
     second = distill_prompt(changed, "red-chair", "a red chair", tmp_path / "a", tmp_path / "w", priors=priors)
     assert second["key"] != first["key"]

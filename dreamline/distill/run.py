@@ -32,6 +32,28 @@ def _last_mean(curve: list[dict], key: str, n: int = 20) -> float | None:
     return round(sum(values) / len(values), 6) if values else None
 
 
+def _reexport(p: DistillParams, old: dict, out_dir: Path, log) -> dict:
+    """Only the export settings changed: write the exports again from the saved state."""
+    import csv
+
+    from dreamline.distill.assets import load_asset
+
+    rep, prompt = load_asset(out_dir)
+    curve = []
+    if (out_dir / "curve.csv").exists():
+        with (out_dir / "curve.csv").open() as f:
+            curve = list(csv.DictReader(f))
+    t0 = time.perf_counter()
+    tmp = fresh_folder(out_dir)
+    summary = {**old, "assets": write_assets(rep, p, prompt, curve, tmp),
+               "export": p.export.model_dump(mode="json"), "export_seconds": round(time.perf_counter() - t0, 2)}
+    write_summary(tmp, summary)
+    replace_folder(tmp, out_dir)
+    if log:
+        log(f"{old['slug']}: re-exported ({old['key']})")
+    return summary
+
+
 def distill_prompt(p: DistillParams, slug: str, prompt: str, out_dir: Path, work_dir: Path,
                    priors: PriorCache | None = None, log: Callable[[str], None] | None = None,
                    stop_after: int | None = None) -> dict:
@@ -42,10 +64,12 @@ def distill_prompt(p: DistillParams, slug: str, prompt: str, out_dir: Path, work
     summary_path = out_dir / "summary.json"
     if summary_path.is_file():
         old = json.loads(summary_path.read_text())
-        if old.get("key") == key and old.get("export") == p.export.model_dump(mode="json"):
-            if log:
-                log(f"{slug}: up to date ({key})")
-            return old
+        if old.get("key") == key:
+            if old.get("export") == p.export.model_dump(mode="json"):
+                if log:
+                    log(f"{slug}: up to date ({key})")
+                return old
+            return _reexport(p, old, out_dir, log)   # same asset, other export settings
     work_dir.mkdir(parents=True, exist_ok=True)
     result = distill(p, prompt, priors or PriorCache(), work_dir, key, stop_after=stop_after, log=log)
     if result.steps < p.steps:

@@ -1,0 +1,151 @@
+"""The `evaluate` stage's work: R-precision (colour and geo) of distilled assets with the
+real test renders as the ceiling row, multi-view consistency and the Janus proxy, and the
+image quality (FID / IS / CLIP score) of each model's samples. Every aggregate carries its
+sample count and a bootstrap interval over independent units (objects, assets, captions)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dreamline.config import EvaluateParams
+from dreamline.evaluation.asset_metrics import consistency_psnr, janus_score, render_asset
+from dreamline.evaluation.evaluator import load_evaluator
+from dreamline.evaluation.metrics import (bootstrap_ci, clip_score, frechet_distance, inception_score,
+                                          retrieval_ranks)
+from dreamline.evaluation.towers import FEATURE_NET, EfficientNetLite0
+from dreamline.evaluation.train_evaluator import real_views
+from dreamline.models.grid import grid_image
+
+
+def _r_at(ranks: np.ndarray, units: np.ndarray, k: int, n_boot: int, seed: int) -> dict:
+    """R@k over renders, with the interval from resampling units (objects or assets)."""
+    hits = (ranks <= k).astype(float)
+    per_unit = np.array([hits[units == u].mean() for u in np.unique(units)])
+    lo, hi = bootstrap_ci(per_unit, n_resamples=n_boot, seed=seed) if len(per_unit) > 1 else (None, None)
+    return {f"R@{k}": round(float(hits.mean()), 4), f"R@{k}_ci95": [lo, hi]}
+
+
+def _rp_row(img_emb, text_emb, true_idx, units, p: EvaluateParams) -> dict:
+    ranks = retrieval_ranks(img_emb, text_emb, true_idx)
+    row = {"n_images": int(len(ranks)), "n_units": int(len(np.unique(units))), "n_captions": int(len(text_emb))}
+    for k in (1, 5):
+        row.update(_r_at(ranks, units, k, p.bootstrap, p.seed))
+    return row
+
+
+def asset_folders(*roots: Path) -> list[Path]:
+    return sorted(f.parent for root in roots if root.exists() for f in root.rglob("state.pt"))
+
+
+def evaluate_assets(p: EvaluateParams, evaluator, folders: list[Path], texts: list[str], text_emb: np.ndarray,
+                    grids: Path, radius: float) -> list[dict]:
+    """Per asset: R-precision colour/geo, consistency PSNR, Janus score; and embeddings."""
+    from dreamline.distill.assets import load_asset
+
+    index = {t: i for i, t in enumerate(texts)}
+    rows = []
+    for folder in folders:
+        rep, prompt = load_asset(folder)
+        summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").exists() else {}
+        views = render_asset(rep, p.azimuths, p.elevation_deg, p.resolution, radius)
+        row = {"asset": str(folder), "prompt": prompt, "guidance_type": summary.get("guidance_type"),
+               "representation_type": summary.get("representation_type"), "steps": summary.get("steps")}
+        for kind, images in (("colour", views.colour), ("geo", views.geo)):
+            emb = evaluator.embed_images(images)
+            ranks = retrieval_ranks(emb, text_emb, np.full(len(emb), index[prompt]))
+            row[f"ranks_{kind}"] = ranks.tolist()
+            if kind == "colour":
+                row["janus"] = round(janus_score(emb, views.azimuths), 5)
+        psnr = consistency_psnr(views)
+        row["psnr"] = round(float(np.mean(psnr)), 3) if psnr else None
+        row["psnr_pairs"] = len(psnr)
+        grids.mkdir(parents=True, exist_ok=True)
+        name = "__".join(folder.parts[-2:])
+        grid_image(torch.cat([views.colour, views.geo]).permute(0, 2, 3, 1).numpy(), nrow=p.azimuths).save(
+            grids / f"{name}.png")
+        row["grid"] = str(grids / f"{name}.png")
+        rows.append(row)
+    return rows
+
+
+def summarise_assets(rows: list[dict], p: EvaluateParams) -> dict:
+    """R@1/R@5 (colour, geo), PSNR and Janus rate over a group of assets, units = assets."""
+    out = {"n_assets": len(rows)}
+    for kind in ("colour", "geo"):
+        ranks = np.concatenate([np.array(r[f"ranks_{kind}"]) for r in rows])
+        units = np.concatenate([np.full(len(r[f"ranks_{kind}"]), i) for i, r in enumerate(rows)])
+        for k in (1, 5):
+            out.update({f"{kind}_{key}": v for key, v in _r_at(ranks, units, k, p.bootstrap, p.seed).items()})
+    psnr = [r["psnr"] for r in rows if r["psnr"] is not None]
+    out["psnr"] = round(float(np.mean(psnr)), 3) if psnr else None
+    out["janus_rate"] = round(float(np.mean([r["janus"] > 0 for r in rows])), 4)
+    out["consistency_rate"] = round(1.0 - out["janus_rate"], 4)
+    return out
+
+
+def image_quality(p: EvaluateParams, evaluator, real_images: torch.Tensor, captions: list[str],
+                  features: EfficientNetLite0, grids: Path) -> dict:
+    """FID and IS on EfficientNet-Lite0 features / posteriors, CLIP score with the evaluator."""
+    from dreamline.training.common import load_base_pipeline, orbit_cameras
+
+    q = p.image_quality
+    real_feats, real_probs = features(real_images)
+    caps = captions[:q.captions]
+    cap_emb = evaluator.embed_texts(caps)
+    out = {"real": {"n": int(len(real_images)), "IS": round(inception_score(real_probs)[0], 4)}}
+    for name, path in q.models.items():
+        pipe = load_base_pipeline(path)
+        pipe.set_progress_bar_config(disable=True)
+        cams = orbit_cameras(4, 15.0, 2.0) if pipe.unet.class_embedding is not None else None
+        g = torch.Generator().manual_seed(q.seed)
+        images = pipe(caps, cameras=cams, num_inference_steps=q.steps, guidance_scale=q.guidance_scale,
+                      generator=g, output_type="pt").images
+        views = images.shape[0] // len(caps)
+        feats, probs = features(images)
+        emb = evaluator.embed_images(images)
+        per_caption = clip_score(emb, np.repeat(cap_emb, views, axis=0)).reshape(len(caps), views).mean(1)
+        lo, hi = bootstrap_ci(per_caption, n_resamples=p.bootstrap, seed=p.seed)
+        out[name] = {"n": int(len(images)), "FID": round(frechet_distance(feats, real_feats), 3),
+                     "IS": round(inception_score(probs)[0], 4),
+                     "clip_score": round(float(per_caption.mean()), 3), "clip_score_ci95": [lo, hi]}
+        grids.mkdir(parents=True, exist_ok=True)
+        grid_image(images.permute(0, 2, 3, 1).numpy()[: 8 * views], nrow=views).save(grids / f"samples_{name}.png")
+    return out
+
+
+def evaluate(p: EvaluateParams, renders: Path, captions: Path, asset_roots: list[Path], out_dir: Path,
+             radius: float, log=print) -> dict:
+    torch.set_num_threads(p.threads)
+    t0 = time.perf_counter()
+    evaluator = load_evaluator(p.evaluator)
+    folders = asset_folders(*asset_roots)
+    prompts = sorted({json.loads((f / "summary.json").read_text())["prompt"] for f in folders
+                      if (f / "summary.json").exists()})
+    rows, images = real_views(renders, captions, p.resolution, "test", kinds=("mv",))
+    keep = rows.groupby("uid").head(p.real_views_per_object).index.to_numpy()
+    rows, images = rows.loc[keep].reset_index(drop=True), images[keep]
+    test_captions = sorted(set(rows["caption"]))
+    texts = sorted(set(test_captions) | set(prompts))
+    text_emb = evaluator.embed_texts(texts)
+    index = {t: i for i, t in enumerate(texts)}
+    log(f"evaluate: {len(folders)} assets, {len(rows)} real test views, {len(texts)} captions")
+
+    real_emb = evaluator.embed_images(images)
+    metrics = {"evaluator": evaluator.name, "feature_net": FEATURE_NET,
+               "r_precision": {"real_test": _rp_row(real_emb, text_emb, rows["caption"].map(index).to_numpy(),
+                                                    rows["uid"].to_numpy(), p)}}
+    asset_rows = evaluate_assets(p, evaluator, folders, texts, text_emb, out_dir / "grids", radius)
+    groups: dict[str, list[dict]] = {}
+    for r in asset_rows:
+        source = "ablation" if "ablation" in Path(r["asset"]).parts else "distill"
+        groups.setdefault(f"{source}:{r['guidance_type']}", []).append(r)
+    metrics["assets"] = {name: summarise_assets(g, p) for name, g in sorted(groups.items())}
+    # The LiT evaluator's image tower is the FID/IS feature net: load it once.
+    features = evaluator.images if isinstance(getattr(evaluator, "images", None), EfficientNetLite0) else EfficientNetLite0()
+    metrics["image_quality"] = image_quality(p, evaluator, images, test_captions, features, out_dir / "grids")
+    metrics["seconds"] = round(time.perf_counter() - t0, 1)
+    return metrics, asset_rows

@@ -1,0 +1,200 @@
+"""The offline HTML report: one self-contained file (images as data URIs, charts as inline
+SVG drawn here, no network, no CDN). A small inline script records on load how many images
+decoded and how many charts have a drawn extent, so a headless browser can check both."""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from pathlib import Path
+
+import yaml
+
+PALETTE = ["#3366cc", "#dc3912", "#ff9900", "#109618", "#990099", "#0099c6", "#dd4477", "#66aa00"]
+CHECK_SCRIPT = """
+<script>
+window.addEventListener('load', function () {
+  var imgs = Array.from(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  var plots = Array.from(document.querySelectorAll('svg.plot'));
+  var drawn = plots.filter(function (s) {
+    var marks = s.querySelectorAll('.mark');
+    return marks.length > 0 && Array.from(marks).some(function (m) {
+      var b = m.getBBox(); return b.width > 0 || b.height > 0; });
+  }).length;
+  document.body.setAttribute('data-images-total', imgs.length);
+  document.body.setAttribute('data-images-loaded', ok);
+  document.body.setAttribute('data-plots-total', plots.length);
+  document.body.setAttribute('data-plots-drawn', drawn);
+});
+</script>"""
+STYLE = """<style>
+body{font-family:sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+img.pix{image-rendering:pixelated}.note{color:#666;font-size:90%}figure{display:inline-block;margin:4px}
+pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:85%}
+</style>"""
+
+
+def data_uri(path: Path) -> str:
+    kind = {".png": "image/png", ".gif": "image/gif"}[path.suffix.lower()]
+    return f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def img(path: Path, width: int | None = None, alt: str = "") -> str:
+    w = f' width="{width}"' if width else ""
+    return f'<img class="pix" src="{data_uri(path)}"{w} alt="{html.escape(alt)}">'
+
+
+def fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list) and len(v) == 2 and all(isinstance(x, (float, int, type(None))) for x in v):
+        return "[" + ", ".join(fmt(x) for x in v) + "]"
+    return html.escape(str(v))
+
+
+def table(rows: list[dict], columns: list[str] | None = None) -> str:
+    if not rows:
+        return '<p class="note">nothing to show</p>'
+    columns = columns or list(rows[0])
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def bar_chart(values: dict[str, float], title: str, vmax: float | None = None, width: int = 520) -> str:
+    """Horizontal bars, one per label, as inline SVG."""
+    items = [(k, v) for k, v in values.items() if v is not None]
+    if not items:
+        return ""
+    vmax = vmax or max(v for _, v in items) or 1.0
+    row_h, left = 22, 190
+    height = row_h * len(items) + 30
+    parts = [f'<svg class="plot" width="{width}" height="{height}" role="img"><title>{html.escape(title)}</title>',
+             f'<text x="4" y="14" font-size="12" font-weight="bold">{html.escape(title)}</text>']
+    for i, (label, v) in enumerate(items):
+        y = 22 + i * row_h
+        w = max(1.0, (width - left - 60) * v / vmax)
+        parts.append(f'<text x="4" y="{y + 14}" font-size="11">{html.escape(label)}</text>')
+        parts.append(f'<rect class="mark" x="{left}" y="{y + 3}" width="{w:.1f}" height="{row_h - 8}" '
+                     f'fill="{PALETTE[i % len(PALETTE)]}"/>')
+        parts.append(f'<text x="{left + w + 4:.1f}" y="{y + 14}" font-size="11">{v:.3g}</text>')
+    return "".join(parts) + "</svg>"
+
+
+def line_chart(series: dict[str, list[tuple[float, float]]], title: str, width: int = 520, height: int = 220) -> str:
+    """Loss curves as inline SVG polylines (log-free, min-max scaled)."""
+    series = {k: v for k, v in series.items() if len(v) >= 2}
+    if not series:
+        return ""
+    xs = [x for s in series.values() for x, _ in s]
+    ys = [y for s in series.values() for _, y in s]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    sx = lambda x: 40 + (width - 50) * (x - x0) / ((x1 - x0) or 1)          # noqa: E731
+    sy = lambda y: height - 25 - (height - 50) * (y - y0) / ((y1 - y0) or 1)  # noqa: E731
+    parts = [f'<svg class="plot" width="{width}" height="{height}" role="img"><title>{html.escape(title)}</title>',
+             f'<text x="4" y="14" font-size="12" font-weight="bold">{html.escape(title)}</text>',
+             f'<text x="4" y="{height - 8}" font-size="10">{y0:.3g}..{y1:.3g} over {x0:.0f}..{x1:.0f}</text>']
+    for i, (name, pts) in enumerate(series.items()):
+        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
+        colour = PALETTE[i % len(PALETTE)]
+        parts.append(f'<polyline class="mark" fill="none" stroke="{colour}" stroke-width="1.2" points="{path}"/>')
+        parts.append(f'<text x="{width - 150}" y="{30 + 13 * i}" font-size="10" fill="{colour}">{html.escape(name)}</text>')
+    return "".join(parts) + "</svg>"
+
+
+def read_curve(path: Path, y: str = "loss", every: int = 1) -> list[tuple[float, float]]:
+    if not path.exists():
+        return []
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    pts = [(float(r["step"]), float(r[y])) for r in rows if r.get(y) not in (None, "")]
+    # Smooth noisy SDS curves with a running mean so trends are visible.
+    k = max(1, len(pts) // 60)
+    return [(pts[i][0], sum(p[1] for p in pts[max(0, i - k + 1): i + 1]) / len(pts[max(0, i - k + 1): i + 1]))
+            for i in range(0, len(pts), every)]
+
+
+def build_report(metrics_path: Path, assets_path: Path, distill_root: Path, models_root: Path,
+                 params_path: Path, lock_path: Path, out: Path) -> Path:
+    m = json.loads(metrics_path.read_text())
+    assets = json.loads(assets_path.read_text()) if assets_path.exists() else []
+    s = ["<!doctype html><html><head><meta charset='utf-8'><title>dreamline report</title>", STYLE,
+         "</head><body>", "<h1>dreamline report</h1>",
+         f"<p>Image-text evaluator: <b>{html.escape(m['evaluator'])}</b>; FID/IS feature network: "
+         f"<b>{html.escape(m['feature_net'])}</b>. Values of the embedded default are not comparable "
+         f"to the papers' (different models and feature networks).</p>"]
+
+    s.append("<h2>CLIP R-precision</h2><p class='note'>Renders at "
+             "fixed azimuths; the true prompt ranked against every test caption and every distilled "
+             "prompt (distractors). Real renders of test objects are the ceiling row. Intervals: "
+             "bootstrap over objects / assets.</p>")
+    real = m["r_precision"]["real_test"]
+    rows = [{"row": "real test renders (ceiling)", "n": real["n_units"], "captions": real["n_captions"],
+             "R@1 colour": real["R@1"], "R@1 ci95": real["R@1_ci95"], "R@5 colour": real["R@5"]}]
+    for name, a in m.get("assets", {}).items():
+        rows.append({"row": name, "n": a["n_assets"], "captions": real["n_captions"],
+                     "R@1 colour": a["colour_R@1"], "R@1 ci95": a["colour_R@1_ci95"], "R@5 colour": a["colour_R@5"],
+                     "R@1 geo": a["geo_R@1"], "R@5 geo": a["geo_R@5"], "PSNR": a["psnr"],
+                     "consistency rate": a["consistency_rate"]})
+    s.append(table(rows, ["row", "n", "captions", "R@1 colour", "R@1 ci95", "R@5 colour", "R@1 geo",
+                          "R@5 geo", "PSNR", "consistency rate"]))
+    s.append(bar_chart({r["row"]: r["R@1 colour"] for r in rows}, "R@1 (colour renders)", vmax=1.0))
+    ablation = {k.split(":", 1)[1]: v for k, v in m.get("assets", {}).items() if k.startswith("ablation:")}
+    if ablation:
+        s.append("<h2>Guidance ablation</h2><p class='note'>The same prompts distilled with each guidance "
+                 "type (stage <code>ablation</code>). PSNR: overlap PSNR of neighbouring views warped "
+                 "through depth (dB); consistency rate: share of assets the Janus proxy does not flag.</p>")
+        s.append(table([{"guidance": g, **{k: a.get(k) for k in ("n_assets", "colour_R@1", "colour_R@5", "geo_R@1",
+                                                                 "psnr", "consistency_rate")}}
+                        for g, a in ablation.items()]))
+        s.append(bar_chart({g: a["psnr"] for g, a in ablation.items()}, "overlap PSNR (dB) by guidance"))
+
+    q = m.get("image_quality", {})
+    if q:
+        s.append("<h2>Multi-view image quality</h2><p class='note'>Samples for test captions vs held-out "
+                 "real renders (MVDream Table 1).</p>")
+        s.append(table([{"model": k, **v} for k, v in q.items()], ["model", "n", "FID", "IS", "clip_score",
+                                                                  "clip_score_ci95"]))
+        for name in q:
+            grid = metrics_path.parent / "grids" / f"samples_{name}.png"
+            if grid.exists():
+                s.append(f"<figure>{img(grid, 256, name)}<figcaption>{html.escape(name)}</figcaption></figure>")
+
+    s.append("<h2>Assets</h2>")
+    for a in assets:
+        folder = Path(a["asset"])
+        s.append(f"<h3>{html.escape(a['prompt'])} <span class='note'>({html.escape(str(a.get('guidance_type')))}, "
+                 f"{html.escape(str(folder))})</span></h3>")
+        if (folder / "turntable.gif").exists():
+            s.append(f"<figure>{img(folder / 'turntable.gif', 128, 'turntable')}<figcaption>turntable</figcaption></figure>")
+        if Path(a["grid"]).exists():
+            s.append(f"<figure>{img(Path(a['grid']), 512, 'views')}<figcaption>colour / textureless at "
+                     f"30° elevation</figcaption></figure>")
+        s.append(line_chart({"loss": read_curve(folder / "curve.csv")}, f"loss: {a['prompt']}"))
+
+    s.append("<h2>Training curves</h2>")
+    s.append(line_chart({name: read_curve(models_root / name / "curve.csv")
+                         for name in ("base", "mv", "agp", "evaluator")}, "training loss"))
+
+    s.append("<h2>Where this came from</h2><p class='note'>The parameters and the data version "
+             "(dvc.lock: every stage's inputs and outputs by hash) this report was built from.</p>")
+    if params_path.exists():
+        params = yaml.safe_load(params_path.read_text())
+        shown = {k: params.get(k) for k in ("distill", "evaluate", "evaluator", "ablation") if k in params}
+        s.append(f"<pre>{html.escape(yaml.safe_dump(shown, sort_keys=False))}</pre>")
+    if lock_path.exists():
+        lock = yaml.safe_load(lock_path.read_text()) or {}
+        outs = [{"stage": st, "output": o["path"], "md5": o.get("md5", "")}
+                for st, body in (lock.get("stages") or {}).items() for o in body.get("outs", [])]
+        s.append(table(outs))
+    s.append(CHECK_SCRIPT)
+    s.append("</body></html>")
+    from dreamline.atomic import write_bytes_atomic
+
+    return write_bytes_atomic(out, "\n".join(x for x in s if x).encode())

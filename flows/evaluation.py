@@ -1,0 +1,56 @@
+"""Prefect flows of train_evaluator, evaluate and report."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from dreamline import paths
+from dreamline.atomic import write_bytes_atomic, write_json_atomic
+from dreamline.config import Params
+from tasks.evaluation import evaluate_task, report_task, train_evaluator_task
+
+CAPTIONS = paths.CAPTIONS / "captions.parquet"
+
+
+@flow(name="train-evaluator")
+def train_evaluator_flow(params: Params, renders: Path = paths.RENDERS, captions: Path = CAPTIONS,
+                         out_dir: Path = paths.MODELS / "evaluator") -> dict:
+    summary = train_evaluator_task(params.evaluator, renders, captions, out_dir)
+    return {"evaluator": summary["evaluator"], "val": summary["retrieval"]["val"]}
+
+
+def _asset_table(rows: list[dict]) -> bytes:
+    buf = io.StringIO()
+    cols = ["asset", "prompt", "guidance_type", "representation_type", "steps", "r1_colour", "r1_geo",
+            "psnr", "janus"]
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    for r in rows:
+        w.writerow({**{c: r.get(c) for c in cols},
+                    "r1_colour": sum(x == 1 for x in r["ranks_colour"]) / len(r["ranks_colour"]),
+                    "r1_geo": sum(x == 1 for x in r["ranks_geo"]) / len(r["ranks_geo"])})
+    return buf.getvalue().encode()
+
+
+@flow(name="evaluate")
+def evaluate_flow(params: Params, renders: Path = paths.RENDERS, captions: Path = CAPTIONS,
+                  asset_roots: tuple[Path, ...] = (paths.DISTILL, paths.ABLATION), out_dir: Path = paths.EVAL) -> dict:
+    metrics, rows = evaluate_task(params.evaluate, renders, captions, list(asset_roots), out_dir,
+                                  params.distill.camera.radius)
+    write_json_atomic(Path(out_dir) / "assets.json", rows)
+    write_bytes_atomic(Path(out_dir) / "plots" / "assets.csv", _asset_table(rows))
+    write_json_atomic(Path(out_dir) / "metrics.json", metrics)     # last: the stage's result
+    real = metrics["r_precision"]["real_test"]
+    get_run_logger().info("real R@1 %.3f over %d captions; %d asset groups", real["R@1"], real["n_captions"],
+                          len(metrics["assets"]))
+    return {"real_R@1": real["R@1"], "assets": {k: v["colour_R@1"] for k, v in metrics["assets"].items()}}
+
+
+@flow(name="report")
+def report_flow(params: Params, eval_dir: Path = paths.EVAL, distill_root: Path = paths.DISTILL,
+                models_root: Path = paths.MODELS, out: Path = paths.REPORT / "index.html") -> dict:
+    path = report_task(eval_dir, distill_root, models_root, out)
+    return {"report": path}
