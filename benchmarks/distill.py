@@ -160,20 +160,29 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--every", type=int, default=50)
     ap.add_argument("--prompts", type=int, default=2)
+    ap.add_argument("--first-prompt", type=int, default=0, help="index into PROMPTS of the first prompt")
+    ap.add_argument("--lambda-opacity", type=float, default=None, help="override distill.lambda_opacity")
+    ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-gallery", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/distill.json")
     args = ap.parse_args()
     base = load_params(ROOT / "params.yaml").distill
+    if args.lambda_opacity is not None:
+        base = base.model_copy(update={"lambda_opacity": args.lambda_opacity})
     torch.set_num_threads(base.threads)
     priors = PriorCache()
     t0 = time.time()
     report = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                           "python": platform.python_version(), "torch": torch.__version__},
-              "speed": speed(base, priors, args.speed_steps)}
-    curves = convergence(base, priors, args.steps, args.every, PROMPTS[:args.prompts])
+              "lambda_opacity": base.lambda_opacity,
+              "speed": [] if args.skip_speed else speed(base, priors, args.speed_steps)}
+    curves = convergence(base, priors, args.steps, args.every,
+                         PROMPTS[args.first_prompt:args.first_prompt + args.prompts])
     report["convergence"] = curves
     report["iterations_to_sds_final_score"] = iterations_to_reach(curves)
-    sheet = Path(args.out).with_name("distill_gallery.png")
-    report["gallery"] = {"png": str(sheet), "runs": gallery(base, priors, PROMPTS[:args.prompts], sheet, ASSETS)}
+    if not args.skip_gallery:
+        sheet = Path(args.out).with_name(Path(args.out).stem + "_gallery.png")
+        report["gallery"] = {"png": str(sheet), "runs": gallery(base, priors, PROMPTS[:args.prompts], sheet, ASSETS)}
     report["seconds"] = round(time.time() - t0, 1)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

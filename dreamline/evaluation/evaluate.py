@@ -100,11 +100,14 @@ def image_quality(p: EvaluateParams, evaluator, real_images: torch.Tensor, capti
     for name, path in q.models.items():
         pipe = load_base_pipeline(path)
         pipe.set_progress_bar_config(disable=True)
-        cams = orbit_cameras(4, 15.0, 2.0) if pipe.unet.class_embedding is not None else None
+        views = 4
+        # Every model gives 4 images per caption (4 views, or 4 seeds without cameras): FID is
+        # biased by the sample count, so rows must share it.
+        cams = orbit_cameras(views, 15.0, 2.0) if pipe.unet.class_embedding is not None else None
+        prompts = caps if cams is not None else [c for c in caps for _ in range(views)]
         g = torch.Generator().manual_seed(q.seed)
-        images = pipe(caps, cameras=cams, num_inference_steps=q.steps, guidance_scale=q.guidance_scale,
+        images = pipe(prompts, cameras=cams, num_inference_steps=q.steps, guidance_scale=q.guidance_scale,
                       generator=g, output_type="pt").images
-        views = images.shape[0] // len(caps)
         feats, probs = features(images)
         emb = evaluator.embed_images(images)
         per_caption = clip_score(emb, np.repeat(cap_emb, views, axis=0)).reshape(len(caps), views).mean(1)

@@ -68,8 +68,8 @@ def train_heads(image_feats: np.ndarray, text_feats: np.ndarray, caption_ids: np
         opt.zero_grad()
         loss.backward()
         opt.step()
-        curve.append({"step": step + 1, "loss": round(float(loss), 5),
-                      "temperature": round(float(heads.log_scale.exp()), 3)})
+        curve.append({"step": step + 1, "loss": round(float(loss.detach()), 5),
+                      "temperature": round(float(heads.log_scale.detach().exp()), 3)})
     return heads.eval(), curve
 
 
