@@ -508,6 +508,7 @@ class EvaluatorParams(Strict):
 class ImageQualityParams(Strict):
     """MVDream Table 1: FID / IS / CLIP score of each model's samples for test captions."""
     models: dict[str, str] = Field(default_factory=lambda: {"base": "data/models/base",
+                                                            "mv_3d": "data/models/mv_3d",
                                                             "mv": "data/models/mv"})
     captions: int = Field(16, ge=1, le=100_000)     # test captions sampled, 4 views each
     steps: int = Field(20, ge=1, le=1000)           # DDIM
@@ -556,6 +557,8 @@ class Params(Strict):
     render: RenderParams = RenderParams()
     train_base: TrainBaseParams = TrainBaseParams()
     train_mv: TrainMVParams = TrainMVParams()
+    # The same model trained on 3D data only (MVDream Table 1's "3D only" row).
+    train_mv_3d: TrainMVParams = TrainMVParams(joint_2d_fraction=0.0)
     train_agp: TrainAGPParams = TrainAGPParams()
     dreambooth: DreamBoothParams = DreamBoothParams()
     distill: DistillParams = DistillParams()

@@ -36,6 +36,13 @@ def train_mv_flow(params: Params, renders: Path = paths.RENDERS, captions: Path 
     return _run("mv", params.train_mv, renders, captions, models, checkpoints)
 
 
+@flow(name="train-mv-3d")
+def train_mv_3d_flow(params: Params, renders: Path = paths.RENDERS, captions: Path = CAPTIONS,
+                     models: Path = paths.MODELS, checkpoints: Path = paths.CHECKPOINTS) -> dict:
+    """The multi-view model on 3D data only (no joint 2D batches): MVDream Table 1's ablation row."""
+    return _run("mv_3d", params.train_mv_3d, renders, captions, models, checkpoints)
+
+
 @flow(name="train-agp")
 def train_agp_flow(params: Params, renders: Path = paths.RENDERS, captions: Path = CAPTIONS,
                    models: Path = paths.MODELS, checkpoints: Path = paths.CHECKPOINTS) -> dict:

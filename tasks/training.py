@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 TRAINERS = {
     "base": "dreamline.training.base:train_base",
     "mv": "dreamline.training.multiview:train_mv",
+    "mv_3d": "dreamline.training.multiview:train_mv",
     "agp": "dreamline.training.agp:train_agp",
     "dreambooth": "dreamline.training.dreambooth:dreambooth",
 }

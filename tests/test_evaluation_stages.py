@@ -27,7 +27,8 @@ TINY = {
     "ablation": {"guidance_types": ["sds", "ism"], "prompts": ["red-chair"], "steps": 2},
     "evaluator": {"render_resolution": 32, "image_size": 64, "dim": 32, "steps": 20, "batch_size": 8, "threads": 1},
     "evaluate": {"resolution": 32, "azimuths": 4, "real_views_per_object": 2, "bootstrap": 50, "threads": 1,
-                 "image_quality": {"captions": 2, "steps": 2}},
+                 "image_quality": {"captions": 2, "steps": 2,
+                                   "models": {"base": "data/models/base", "mv": "data/models/mv"}}},
 }
 
 

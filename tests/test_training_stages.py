@@ -42,6 +42,9 @@ TINY = {
     "train_mv": {"eval_timesteps": 2,
                  "train": {"steps": 3, "batch_size": 2, "log_every": 1, "sample_steps": 2,
                            "sample_captions": 2, "threads": 1}},
+    "train_mv_3d": {"eval_timesteps": 2,
+                    "train": {"steps": 3, "batch_size": 2, "log_every": 1, "sample_steps": 2,
+                              "sample_captions": 2, "threads": 1}},
     "train_agp": {"eval_timesteps": 2,
                   "train": {"steps": 3, "batch_size": 4, "log_every": 1, "sample_steps": 2,
                             "sample_captions": 2, "threads": 1}},
@@ -49,7 +52,8 @@ TINY = {
                              "threads": 1}},
 }
 PIXELS = TINY["train_base"]["resolution"]
-STAGE_MODEL = {"train_base": "base", "train_mv": "mv", "train_agp": "agp", "dreambooth": "dreambooth"}
+STAGE_MODEL = {"train_base": "base", "train_mv": "mv", "train_mv_3d": "mv_3d", "train_agp": "agp",
+               "dreambooth": "dreambooth"}
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +190,7 @@ def test_training_stages_end_to_end(tiny):
     root = tiny.root
     models = root / "data/models"
     ensure_models(tiny, "train_base")  # the kill test's unbroken run, unless run alone
-    for name in ("train_mv", "train_agp", "dreambooth"):
+    for name in ("train_mv", "train_mv_3d", "train_agp", "dreambooth"):
         tiny.stage(name)
 
     caps = pd.read_parquet(root / "data/captions/captions.parquet")
@@ -213,6 +217,10 @@ def test_training_stages_end_to_end(tiny):
     assert config["class_embed_type"] == "projection"
     pipe = MultiViewDiffusionPipeline.from_pretrained(models / "mv")
     assert pipe.unet.config.class_embed_type == "projection"
+    # mv_3d: the same stage code with no joint 2D batches, its own folder and summary.
+    mv3d = check_training(tiny, "mv_3d", 3)
+    assert mv3d["heldout"]["_sets"] == sets
+    assert json.loads((models / "mv_3d/unet/config.json").read_text())["multiview_attention"] is True
     out = pipe("a red chair", cameras=orbit_cameras(4), num_inference_steps=2,
                generator=torch.Generator().manual_seed(0), output_type="np")
     assert out.images.shape == (4, PIXELS, PIXELS, 3)

@@ -180,7 +180,7 @@ def build_report(metrics_path: Path, assets_path: Path, distill_root: Path, mode
 
     s.append("<h2>Training curves</h2>")
     s.append(line_chart({name: read_curve(models_root / name / "curve.csv")
-                         for name in ("base", "mv", "agp", "evaluator")}, "training loss"))
+                         for name in ("base", "mv", "mv_3d", "agp", "evaluator")}, "training loss"))
 
     s.append("<h2>Where this came from</h2><p class='note'>The parameters and the data version "
              "(dvc.lock: every stage's inputs and outputs by hash) this report was built from.</p>")
