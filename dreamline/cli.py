@@ -134,5 +134,86 @@ def generate(prompt: str = typer.Argument(..., help="text prompt"),
     typer.echo(yaml.safe_dump({"asset": str(folder.parent / slug), **summary[slug]}, sort_keys=False))
 
 
+def _echo_json(obj) -> None:
+    import json
+
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+@app.command()
+def lineage(target: str = typer.Argument(..., help="an output path (or a file inside one), e.g. data/eval/metrics.json"),
+            as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
+    """The chain of stages that produced TARGET: parameters, code and input hashes (dvc.lock)."""
+    from dataclasses import asdict
+
+    from dreamline.lineage.trace import git_commit, lineage as trace
+
+    try:
+        records = trace(target)
+    except (KeyError, FileNotFoundError) as err:
+        typer.echo(str(err).strip("'\""), err=True)
+        raise typer.Exit(2) from None
+    commit = git_commit()
+    if as_json:
+        _echo_json({"target": target, "git_commit": commit, "stages": [asdict(r) for r in records]})
+        return
+    typer.echo(f"{target}  (git {commit})")
+    for r in records:
+        typer.echo(f"\n[{r.name}]  {r.cmd}")
+        for key, value in r.params.items():
+            typer.echo(f"  param {key} = {value}")
+        for dep in r.inputs:
+            extra = f", {dep['nfiles']} files" if "nfiles" in dep else ""
+            typer.echo(f"  input {dep['path']}  md5 {dep['md5']}{extra}  <- {dep['stage'] or 'source'}")
+        for dep in r.code:
+            typer.echo(f"  code  {dep['path']}  md5 {dep['md5']}")
+        for out in r.outputs:
+            extra = f", {out['nfiles']} files" if "nfiles" in out else ""
+            typer.echo(f"  out   {out['path']}  md5 {out['md5']}{extra}")
+
+
+@app.command()
+def why(uid: str = typer.Argument(..., help="an object uid")):
+    """One object's journey: kept or rejected and why, caption, split, views, models that saw it."""
+    from dreamline.lineage.trace import why as journey
+
+    try:
+        _echo_json(journey(uid))
+    except (KeyError, FileNotFoundError) as err:
+        typer.echo(str(err).strip("'\""), err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def diff(rev_a: str = typer.Argument("HEAD"), rev_b: Optional[str] = typer.Argument(None, help="default: the workspace"),
+         as_json: bool = typer.Option(False, "--json")):
+    """Params and metrics that changed between two revisions, in one table (dvc params/metrics diff)."""
+    import json
+    import subprocess
+
+    rows = []
+    for kind in ("params", "metrics"):
+        cmd = ["dvc", kind, "diff", rev_a] + ([rev_b] if rev_b else []) + ["--json"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            typer.echo(f"{' '.join(cmd)} failed: {proc.stderr.strip()}", err=True)
+            raise typer.Exit(2)
+        for path, changes in (json.loads(proc.stdout or "{}") or {}).items():
+            for key, change in changes.items():
+                rows.append({"kind": kind, "file": path, "key": key, "old": change.get("old"),
+                             "new": change.get("new"), "diff": change.get("diff")})
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        typer.echo("no params or metrics changed")
+        return
+    width = max(len(r["key"]) for r in rows)
+    typer.echo(f"{'kind':8} {'key':{width}}  old -> new (change)")
+    for r in rows:
+        change = f" ({r['diff']:+.4g})" if isinstance(r["diff"], (int, float)) else ""
+        typer.echo(f"{r['kind']:8} {r['key']:{width}}  {r['old']} -> {r['new']}{change}")
+
+
 if __name__ == "__main__":
     app()

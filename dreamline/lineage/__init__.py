@@ -1,0 +1,1 @@
+"""Answering "where did this come from": lineage of outputs, one object's journey."""
