@@ -111,7 +111,8 @@ def generate(prompt: str = typer.Argument(..., help="text prompt"),
     if _slug(folder.name) != folder.name:
         raise typer.BadParameter(f"the folder name {folder.name!r} must be a slug (a-z, 0-9, -)",
                                  param_hint="--out")
-    block["prompts"] = {folder.name: prompt}
+    # Added to (not replacing) the prompt map: other sections (the ablation) refer to its keys.
+    block["prompts"] = {**block["prompts"], folder.name: prompt}
     try:
         checked = parse_params(base, f"{params} + command line")
     except ParamsError as err:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from conftest import make_project
 from tiny_models import save_tiny_priors
@@ -27,8 +28,7 @@ TINY = {
     "ablation": {"guidance_types": ["sds", "ism"], "prompts": ["red-chair"], "steps": 2},
     "evaluator": {"render_resolution": 32, "image_size": 64, "dim": 32, "steps": 20, "batch_size": 8, "threads": 1},
     "evaluate": {"resolution": 32, "azimuths": 4, "real_views_per_object": 2, "bootstrap": 50, "threads": 1,
-                 "image_quality": {"captions": 2, "steps": 2,
-                                   "models": {"base": "data/models/base", "mv": "data/models/mv"}}},
+                 "image_quality": {"captions": 2, "steps": 2}},
 }
 
 
@@ -39,6 +39,10 @@ def chromium() -> str | None:
 @pytest.mark.slow
 def test_evaluation_stages_and_report_in_a_browser(tmp_path, prefect_api_url):
     project = make_project(tmp_path, prefect_api_url, TINY)
+    # set_params merges mappings; the model list must be replaced (no mv_3d in this project).
+    raw = yaml.safe_load((project.root / "params.yaml").read_text())
+    raw["evaluate"]["image_quality"]["models"] = {"base": "data/models/base", "mv": "data/models/mv"}
+    (project.root / "params.yaml").write_text(yaml.safe_dump(raw))
     for name in ("mirror", "curate", "caption", "render"):
         project.stage(name)
     save_tiny_priors(project.root / "data/models")
