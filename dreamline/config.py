@@ -521,7 +521,8 @@ class EvaluateParams(Strict):
     elevation_deg: float = 30.0                     # DreamFusion's R-precision renders
     azimuths: int = Field(8, ge=4, le=360)
     resolution: int = Field(64, ge=16, le=1024)
-    # Distractor captions: every test-split caption plus all distilled prompts.
+    # The ceiling row: this many mv views of each test object. The caption set (true prompt
+    # plus distractors) is every test-split caption plus every distilled prompt.
     real_views_per_object: int = Field(4, ge=1, le=64)
     image_quality: ImageQualityParams = ImageQualityParams()
     bootstrap: int = Field(1000, ge=10, le=100_000)

@@ -20,7 +20,7 @@ from dreamline.config import DistillParams
 from dreamline.distill.sampling import pick_shading, sample_views
 from dreamline.guidance import DiffusionPrior, StepInput, build_guidance
 from dreamline.representations import build_representation
-from dreamline.representations.base import BackgroundMLP, background_images
+from dreamline.representations.base import background_images
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -108,7 +108,7 @@ def distill(p: DistillParams, prompt: str, priors: PriorCache, work_dir: Path, k
         shading = pick_shading(shares, progress, p.shading.albedo_warmup_fraction, g)
         dirs = views.cams.rays()[1] if p.background == "mlp" else None
         bg = background_images(p.background, len(views.cams), p.resolution, p.resolution, g, dirs,
-                               rep.background if isinstance(getattr(rep, "background", None), BackgroundMLP) else None)
+                               getattr(rep, "background", None))
         out = rep.render(views.cams, shading, views.light, bg, generator=g,
                          need_normals=shading != "albedo")
         s = StepInput(out, views.cams, views.azimuth_deg, views.elevation_deg, prompt, step, p.steps, g)

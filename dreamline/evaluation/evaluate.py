@@ -43,7 +43,7 @@ def asset_folders(*roots: Path) -> list[Path]:
 
 def evaluate_assets(p: EvaluateParams, evaluator, folders: list[Path], texts: list[str], text_emb: np.ndarray,
                     grids: Path, radius: float) -> list[dict]:
-    """Per asset: R-precision colour/geo, consistency PSNR, Janus score; and embeddings."""
+    """Per asset: ranks of its prompt (colour and geo renders), consistency PSNR, Janus score."""
     from dreamline.distill.assets import load_asset
 
     index = {t: i for i, t in enumerate(texts)}

@@ -37,9 +37,8 @@ GUIDANCES: Registry[type] = Registry("guidance")
 
 class Guidance:
     """A loss on renders. `orthogonal_views` > 0 asks the loop for that many orthogonal
-    cameras per step (MVDream); `needs` names the render channels the term reads."""
+    cameras per step (MVDream)."""
     orthogonal_views: int = 0
-    needs: tuple[str, ...] = ("rgb",)
 
     def __init__(self, config, prior: DiffusionPrior):
         self.c = config
@@ -170,7 +169,6 @@ class ISM(Guidance):
 class AGP(Guidance):
     """SweetDreamer: SDS of the CCM model on the rendered canonical coordinate map. The CCM
     render depends on geometry only (weights x canonical position), so only density learns."""
-    needs = ("ccm",)
 
     def weight_at(self, progress: float) -> float:
         return scores.linear(*self.c.weight, progress)

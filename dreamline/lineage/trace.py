@@ -140,10 +140,11 @@ def why(uid: str, root: Path = Path(".")) -> dict:
     split = out.get("split")
     stages = load_lock(root) if (root / "dvc.lock").is_file() else {}
     trained = [n for n in ("train_base", "train_mv", "train_mv_3d", "train_agp", "train_evaluator") if n in stages]
+    # train: every training stage learns from it; val: their held-out checks score it;
+    # test: only the evaluate stage sees it (the real-render ceiling row).
     out["models"] = {
         "trained_on_it": trained if split == "train" else [],
-        "held_out_evaluation": [n for n in trained if n != "train_evaluator"] + (["train_evaluator"] if "train_evaluator" in trained else [])
-        if split == "val" else [],
+        "held_out_evaluation": trained if split == "val" else [],
         "evaluate_ceiling_row": split == "test" and "evaluate" in stages,
     }
     return out
