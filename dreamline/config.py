@@ -95,6 +95,20 @@ class CurateParams(Strict):
     load_workers: int = Field(2, ge=1, le=64)
 
 
+def _typed_block(where: str, name: str, block: dict, table: dict[str, type[Strict]], type_key: str) -> None:
+    """Validate a `<part>` block against the config model its `<part>_type` (`type_key`) names."""
+    if name not in table:
+        raise ValueError(f"{type_key} {name!r} is not registered; known: {sorted(table)}")
+    try:
+        table[name].model_validate(block)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{where}.{'.'.join(map(str, e['loc']))}: "
+            + ("unknown key (typo?)" if e["type"] == "extra_forbidden" else e["msg"])
+            for e in err.errors())
+        raise ValueError(f"{problems} ({type_key} {name!r})") from None
+
+
 class TemplateCaptionerParams(Strict):
     # How many alternative phrasings the template captioner picks from per object.
     variety: int = Field(6, ge=1, le=16)
@@ -136,19 +150,7 @@ class CaptionParams(Strict):
 
     @model_validator(mode="after")
     def _captioner_block(self) -> "CaptionParams":
-        if self.captioner_type not in CAPTIONER_PARAMS:
-            raise ValueError(
-                f"captioner_type {self.captioner_type!r} is not registered; "
-                f"known: {sorted(CAPTIONER_PARAMS)}"
-            )
-        try:
-            CAPTIONER_PARAMS[self.captioner_type].model_validate(self.captioner)
-        except ValidationError as err:
-            problems = "; ".join(
-                f"captioner.{'.'.join(map(str, e['loc']))}: "
-                + ("unknown key (typo?)" if e["type"] == "extra_forbidden" else e["msg"])
-                for e in err.errors())
-            raise ValueError(f"{problems} (captioner_type {self.captioner_type!r})") from None
+        _typed_block("captioner", self.captioner_type, self.captioner, CAPTIONER_PARAMS, "captioner_type")
         return self
 
     def captioner_config(self) -> Strict:
@@ -459,13 +461,13 @@ class DistillParams(Strict):
         if not self.prompts:
             raise ValueError("prompts: give at least one")
         _typed_block("representation", self.representation_type, self.representation,
-                     REPRESENTATION_PARAMS)
+                     REPRESENTATION_PARAMS, "representation_type")
         for term in self.guidance_terms:
             if term not in GUIDANCE_PARAMS:
                 raise ValueError(f"guidance_type: term {term!r} is not registered; known: "
                                  f"{sorted(GUIDANCE_PARAMS)}")
         for name, block in self.guidance.items():
-            _typed_block(f"guidance.{name}", name, block, GUIDANCE_PARAMS)
+            _typed_block(f"guidance.{name}", name, block, GUIDANCE_PARAMS, "guidance")
         return self
 
     @property
@@ -477,20 +479,6 @@ class DistillParams(Strict):
 
     def guidance_config(self, term: str) -> Strict:
         return GUIDANCE_PARAMS[term].model_validate(self.guidance.get(term, {}))
-
-
-def _typed_block(where: str, name: str, block: dict, table: dict[str, type[Strict]]) -> None:
-    """Validate a `<part>` block against the config model its `<part>_type` names."""
-    if name not in table:
-        raise ValueError(f"{where}: {name!r} is not registered; known: {sorted(table)}")
-    try:
-        table[name].model_validate(block)
-    except ValidationError as err:
-        problems = "; ".join(
-            f"{where}.{'.'.join(map(str, e['loc']))}: "
-            + ("unknown key (typo?)" if e["type"] == "extra_forbidden" else e["msg"])
-            for e in err.errors())
-        raise ValueError(problems) from None
 
 
 class EvaluatorParams(Strict):
