@@ -216,5 +216,32 @@ def diff(rev_a: str = typer.Argument("HEAD"), rev_b: Optional[str] = typer.Argum
         typer.echo(f"{r['kind']:8} {r['key']:{width}}  {r['old']} -> {r['new']}{change}")
 
 
+@app.command()
+def serve(config: Path = typer.Option(Path("prefect.yaml"), help="the deployments file `prefect deploy` reads"),
+          deployment: list[str] = typer.Option([], "--deployment", "-d", help="serve only these (repeatable)"),
+          list_only: bool = typer.Option(False, "--list", help="print the deployments and exit")):
+    """Serve prefect.yaml's deployments from this process (no work pool or worker needed).
+
+    With no PREFECT_API_URL set, a local Prefect server is started on 127.0.0.1 first and
+    stopped on exit; scheduled runs and `prefect deployment run dvc-pipeline/<name>` run here."""
+    from flows.serve import DeploymentFileError, read_deployments, serve as serve_deployments
+
+    try:
+        specs = read_deployments(config)
+    except DeploymentFileError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+    if list_only:
+        for s in specs:
+            when = ", ".join(f"cron {c['cron']} {c['timezone']}" for c in s.schedules) or "on demand"
+            typer.echo(f"{s.name:20} {when:28} {s.entrypoint}  {s.parameters}")
+        return
+    try:
+        serve_deployments(config, Path.cwd(), deployment or None)
+    except DeploymentFileError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+
+
 if __name__ == "__main__":
     app()

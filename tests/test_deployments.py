@@ -1,0 +1,156 @@
+"""prefect.yaml for real: a `prefect server` on 127.0.0.1, a process work pool, `prefect deploy`,
+a triggered deployment run picked up by `prefect worker start --run-once`, and the DVC data
+it changed (stages in dvc.lock, outputs pushed to the default local remote)."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+
+import httpx
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, make_project
+from flows.pipeline import plan_stages
+from flows.serve import local_server, read_deployments
+
+
+def _dvc_project(tmp_path):
+    proj = make_project(tmp_path / "proj", api_url=None)
+    proj.run("git", "init", "-q")
+    proj.run(sys.executable, "-m", "dvc", "init", "-q")
+    shutil.copy2(REPO / ".dvc/config", proj.root / ".dvc/config")   # the repo's default remote
+    return proj
+
+
+def test_nightly_curation_deployment_runs_on_a_process_worker(tmp_path):
+    proj = _dvc_project(tmp_path)
+    remote = proj.root / "dvc-remote"
+    assert not (proj.root / "dvc.lock").exists() and not remote.exists()
+    prefect = (sys.executable, "-m", "prefect")
+    with local_server(home=tmp_path / "prefect-home", log=tmp_path / "server.log") as (api, server):
+        proj.api_url = api
+        proj.run(*prefect, "work-pool", "create", "dreamline", "--type", "process")
+        out = proj.run(*prefect, "--no-prompt", "deploy", "--all", timeout=180).stdout
+        assert "nightly-curation" in out, out
+
+        deployment = httpx.get(f"{api}/deployments/name/dvc-pipeline/nightly-curation").json()
+        assert deployment["work_pool_name"] == "dreamline"
+        assert deployment["parameters"] == {"targets": ["caption", "render"], "upstream": True,
+                                            "push_to_remote": True}
+        assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 2 * * *"]
+        weekly = httpx.get(f"{api}/deployments/name/dvc-pipeline/weekly-evaluation").json()
+        assert [s["schedule"]["cron"] for s in weekly["schedules"]] == ["0 4 * * 0"]
+
+        run = proj.run(*prefect, "deployment", "run", "dvc-pipeline/nightly-curation").stdout
+        flow_run_id = next(line.split()[-1] for line in run.splitlines() if "UUID" in line)
+        worker = proj.run(*prefect, "worker", "start", "--pool", "dreamline", "--run-once", timeout=900)
+
+        state = httpx.get(f"{api}/flow_runs/{flow_run_id}").json()["state"]
+        assert state["type"] == "COMPLETED", (state, worker.stdout[-4000:], worker.stderr[-4000:])
+        assert "4 of 4 stage(s) ran" in state["message"] and "pushed to DVC remote 'local'" in state["message"]
+        tasks = httpx.post(f"{api}/task_runs/filter",
+                           json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
+        names = {t["name"]: t["state"]["type"] for t in tasks}
+        assert names == {"mirror": "COMPLETED", "curate": "COMPLETED", "caption": "COMPLETED",
+                         "render": "COMPLETED", "dvc push": "COMPLETED"}
+    assert server.poll() is not None                              # stopped by its pid
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{api}/health", timeout=2)
+
+    # The data changed: the four stages are locked, their outputs exist and are in the remote.
+    lock = yaml.safe_load((proj.root / "dvc.lock").read_text())["stages"]
+    assert set(lock) == {"mirror", "curate", "caption", "render"}
+    assert len(pd.read_parquet(proj.root / "data/renders/index.parquet")) > 0
+    status = json.loads(proj.run(sys.executable, "-m", "dvc", "status", "--cloud", "--json").stdout)
+    assert status == {}, status                                    # nothing missing from the remote
+    assert any(remote.rglob("*.dir"))
+
+
+def test_pipeline_stops_at_a_failed_stage_without_retrying_a_params_error(tmp_path, prefect_api_url):
+    """A stage exiting 2 (invalid params) is not retried; the flow fails naming it and what did not run."""
+    from flows.pipeline import pipeline
+
+    proj = _dvc_project(tmp_path)
+    raw = yaml.safe_load((proj.root / "params.yaml").read_text())
+    raw["curate"]["metadata"]["min_faces"] = -5                    # out of range: curate exits 2
+    (proj.root / "params.yaml").write_text(yaml.safe_dump(raw))
+    started = time.time()
+    state = pipeline(targets=["caption"], root=str(proj.root), return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith("stage mirror failed") or state.message.startswith("stage curate failed"), \
+        state.message
+    assert "(exit 2) after 1 attempt(s)" in state.message and "not run: " in state.message and "caption" in state.message
+    assert time.time() - started < 120                             # no 10 s retry delays were spent
+
+
+def test_plan_follows_the_dag_and_refuses_unknown_targets():
+    order = ["mirror", "curate", "caption", "render", "train_base", "distill@a", "distill@b", "evaluate"]
+    edges = [("curate", "mirror"), ("caption", "curate"), ("render", "curate"), ("train_base", "render"),
+             ("train_base", "caption"), ("distill@a", "train_base"), ("distill@b", "train_base"),
+             ("evaluate", "distill@a"), ("evaluate", "distill@b")]
+    assert plan_stages(order, edges, None) == order
+    assert plan_stages(order, edges, ["caption", "render"]) == ["mirror", "curate", "caption", "render"]
+    assert plan_stages(order, edges, ["evaluate"], upstream=False) == ["evaluate"]
+    assert plan_stages(order, edges, ["distill"], upstream=False) == ["distill@a", "distill@b"]
+    with pytest.raises(ValueError, match="'rendr' is not a stage"):
+        plan_stages(order, edges, ["rendr"])
+
+
+def test_prefect_yaml_deployments_are_what_the_issue_asks_for():
+    specs = {s.name: s for s in read_deployments(REPO / "prefect.yaml")}
+    assert set(specs) == {"nightly-curation", "weekly-evaluation", "full-pipeline"}
+    assert all(s.entrypoint == "flows/pipeline.py:pipeline" for s in specs.values())
+    assert specs["full-pipeline"].schedules == []
+    raw = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    assert {d["work_pool"]["name"] for d in raw["deployments"]} == {"dreamline"}
+
+
+def test_a_transient_stage_failure_is_retried_and_the_run_completes(tmp_path, prefect_api_url, monkeypatch):
+    """A stage that crashes once (exit 1) passes on its retry; nothing after it is lost."""
+    import flows.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "RETRY_DELAY_S", 0)
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "flaky.py").write_text(
+        "import pathlib, sys\n"
+        "marker = pathlib.Path('crashed-once')\n"
+        "if not marker.exists():\n"
+        "    marker.write_text('1'); sys.exit(1)\n"
+        "pathlib.Path('out.txt').write_text('done')\n")
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "flaky": {"cmd": f"{sys.executable} flaky.py", "deps": ["flaky.py"], "outs": ["out.txt"]},
+        "after": {"cmd": f"{sys.executable} -c \"open('after.txt','w').write(open('out.txt').read())\"",
+                  "deps": ["out.txt"], "outs": ["after.txt"]}}}))
+    for cmd in (("git", "init", "-q"), (sys.executable, "-m", "dvc", "init", "-q")):
+        import subprocess
+
+        subprocess.run(cmd, cwd=root, check=True, capture_output=True)
+    state = pipeline_module.pipeline(root=str(root), retries={"flaky": 1}, return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result()["stages"] == {"flaky": "ran", "after": "ran"}
+    assert (root / "after.txt").read_text() == "done"
+    state = pipeline_module.pipeline(root=str(root), return_state=True)     # DVC: nothing stale now
+    assert state.result()["ran"] == [] and "0 of 2 stage(s) ran" in state.message
+
+
+def test_serve_builds_the_same_deployments_from_prefect_yaml(tmp_path):
+    from flows.serve import runner_deployments
+
+    deployments = {d.name: d for d in runner_deployments(read_deployments(REPO / "prefect.yaml"), REPO)}
+    nightly = deployments["nightly-curation"]
+    assert nightly.parameters == {"root": str(REPO), "targets": ["caption", "render"], "upstream": True,
+                                  "push_to_remote": True}
+    assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
+    assert deployments["full-pipeline"].schedules == []
+    bad = tmp_path / "prefect.yaml"
+    bad.write_text("deployments:\n  - name: x\n    entrypoint: flows/pipeline.py:pipeline\n"
+                   "    schedules:\n      - interval: 60\n")
+    from conftest import Project
+
+    proc = Project(REPO, None).run(sys.executable, "-m", "dreamline.cli", "serve", "--config", str(bad), check=False)
+    assert proc.returncode == 2 and "only cron schedules" in proc.stderr
