@@ -142,23 +142,36 @@ def _echo_json(obj) -> None:
 
 
 @app.command()
-def lineage(target: str = typer.Argument(..., help="an output path (or a file inside one), e.g. data/eval/metrics.json"),
+def lineage(target: str = typer.Argument(..., help="an output path (or a file inside one), e.g. data/eval/metrics.json, "
+                                         "or a metric key, e.g. r_precision.real_test.R@1 (or FILE:KEY)"),
             as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
-    """The chain of stages that produced TARGET: parameters, code and input hashes (dvc.lock)."""
+    """The chain of stages that produced TARGET: parameters, code and input hashes (dvc.lock),
+    the git commit, and for data outputs their manifest's md5 and object count."""
     from dataclasses import asdict
 
-    from dreamline.lineage.trace import git_commit, lineage as trace
+    from dreamline.lineage import trace
 
+    metric = None
     try:
-        records = trace(target)
+        stages = trace.load_lock(Path("."))
+        path = target
+        if trace.producer(stages, target) is None and not Path(target).exists():
+            file, value = trace.find_metric(target)
+            metric, path = {"key": target, "value": value, "file": file}, file
+        records = trace.lineage(path)
     except (KeyError, FileNotFoundError) as err:
         typer.echo(str(err).strip("'\""), err=True)
         raise typer.Exit(2) from None
-    commit = git_commit()
+    commit = trace.git_commit()
+    state = trace.target_state(path, Path("."), stages)
     if as_json:
-        _echo_json({"target": target, "git_commit": commit, "stages": [asdict(r) for r in records]})
+        _echo_json({"target": target, "metric": metric, "workspace": state, "git_commit": commit,
+                    "stages": [asdict(r) for r in records]})
         return
-    typer.echo(f"{target}  (git {commit})")
+    if metric:
+        typer.echo(f"metric {metric['key']} = {metric['value']}  (in {metric['file']})")
+    fresh = {True: "matches dvc.lock", False: "DIFFERS from dvc.lock: run `dvc status`", None: ""}
+    typer.echo(f"{path}  md5 {state.get('md5', '-')}  {fresh[state.get('matches_lock')]}  (git {commit})")
     for r in records:
         typer.echo(f"\n[{r.name}]  {r.cmd}")
         for key, value in r.params.items():
@@ -171,6 +184,13 @@ def lineage(target: str = typer.Argument(..., help="an output path (or a file in
         for out in r.outputs:
             extra = f", {out['nfiles']} files" if "nfiles" in out else ""
             typer.echo(f"  out   {out['path']}  md5 {out['md5']}{extra}")
+        for m in r.manifests:
+            if not m["present"]:
+                typer.echo(f"  manifest {m['path']}: not in this workspace (dvc pull / dvc checkout)")
+                continue
+            counts = ", ".join(f"{m[k]} {k}" for k in ("objects", "candidates", "views") if k in m)
+            typer.echo(f"  manifest {m['path']}  md5 {m['md5']}  {counts} ({m['counts']})  "
+                       f"{fresh[m['matches_lock']]}")
 
 
 @app.command()

@@ -24,6 +24,7 @@ class StageRecord:
     code: list[dict] = field(default_factory=list)     # {path, md5}
     inputs: list[dict] = field(default_factory=list)   # data deps {path, md5, nfiles, stage}
     outputs: list[dict] = field(default_factory=list)  # {path, md5, nfiles}
+    manifests: list[dict] = field(default_factory=list)  # per data output: its table, md5, object count
 
 
 def _inside(path: str, parent: str) -> bool:
@@ -88,8 +89,133 @@ def lineage(path: str, root: Path = Path(".")) -> list[StageRecord]:
                 rec.inputs.append({**_entry(dep), "stage": up[0]})
                 queue.append(up[0])
         rec.outputs = [_entry(o) for o in body.get("outs", [])]
+        rec.manifests = [m for o in body.get("outs", []) if (m := manifest(root, o)) is not None]
         order.append(rec)
     return order
+
+
+# A data output's manifest: the table inside it that lists its objects, and how to count them.
+MANIFESTS = {
+    "data/curated": ("objects.parquet", "kept objects"),
+    "data/captions": ("captions.parquet", "captioned objects"),
+    "data/renders": ("index.parquet", "rendered objects"),
+}
+
+
+def file_md5(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _locked_entry_md5(root: Path, dir_md5: str | None, relpath: str) -> str | None:
+    """The md5 dvc.lock's directory hash records for one file in it (from the .dir listing in
+    the DVC cache); None when the listing is not in this cache."""
+    import json
+
+    if not dir_md5 or not dir_md5.endswith(".dir"):
+        return None
+    listing = root / ".dvc/cache/files/md5" / dir_md5[:2] / dir_md5[2:]
+    if not listing.is_file():
+        return None
+    for entry in json.loads(listing.read_text()):
+        if entry.get("relpath") == relpath:
+            return entry.get("md5")
+    return None
+
+
+def count_objects(table: Path, what: str) -> dict:
+    import pandas as pd
+
+    df = pd.read_parquet(table)
+    if what == "kept objects":
+        return {"objects": int(df["kept"].sum()), "candidates": len(df)}
+    if what == "rendered objects":
+        return {"objects": int(df["uid"].nunique()), "views": len(df)}
+    return {"objects": int(df["uid"].nunique())}
+
+
+def manifest(root: Path, out: dict) -> dict | None:
+    """The manifest of a data output: its path, md5 in the workspace, whether that is the file
+    dvc.lock recorded, and how many objects it lists."""
+    spec = MANIFESTS.get(out["path"])
+    if spec is None:
+        return None
+    name, what = spec
+    table = root / out["path"] / name
+    info: dict = {"path": f"{out['path']}/{name}", "counts": what}
+    if not table.is_file():
+        info["present"] = False
+        return info
+    info.update(present=True, md5=file_md5(table), **count_objects(table, what))
+    locked = _locked_entry_md5(root, out.get("md5"), name)
+    info["matches_lock"] = None if locked is None else locked == info["md5"]
+    return info
+
+
+def _flatten(obj, prefix: str = "") -> dict:
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}
+
+
+def metrics_files(root: Path) -> list[str]:
+    """Metrics files dvc.yaml declares (stage `metrics:` entries and the top-level list)."""
+    spec = yaml.safe_load((root / "dvc.yaml").read_text()) or {}
+    found = [m if isinstance(m, str) else next(iter(m)) for m in spec.get("metrics", [])]
+    for body in (spec.get("stages") or {}).values():
+        for m in body.get("metrics", []) or []:
+            path = m if isinstance(m, str) else next(iter(m))
+            if "${" not in path:
+                found.append(path)
+    return sorted(set(found))
+
+
+def find_metric(key: str, root: Path = Path(".")) -> tuple[str, object]:
+    """(metrics file, value) of a metric key such as `r_precision.real_test.R@1`, or of
+    `file:key`; KeyError naming near misses when no metrics file has it."""
+    import json
+
+    path, sep, name = key.partition(":")
+    if not (sep and PurePosixPath(path).suffix in (".json", ".yaml", ".yml")):   # keys may hold ':'
+        path, name = "", key
+    files = [path] if path else metrics_files(root)
+    hits, keys = [], []
+    for f in files:
+        p = root / f
+        if not p.is_file():
+            continue
+        flat = _flatten(json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text()))
+        keys += list(flat)
+        if name in flat:
+            hits.append((f, flat[name]))
+    if not hits:
+        close = ([k for k in keys if k.endswith(name)] or [k for k in keys if name.split(".")[-1] in k])[:5]
+        raise KeyError(f"{key}: not a path in dvc.lock nor a metric in {', '.join(files) or 'any metrics file'}"
+                       + (f" (similar: {', '.join(close)})" if close else ""))
+    if len(hits) > 1:
+        raise KeyError(f"{key}: in several metrics files ({', '.join(f for f, _ in hits)}); use FILE:KEY")
+    return hits[0]
+
+
+def target_state(path: str, root: Path, stages: dict) -> dict:
+    """Whether the workspace file at `path` is the one dvc.lock recorded."""
+    found = producer(stages, path)
+    out = {"path": path}
+    p = root / path
+    if found is None or not p.is_file():
+        return out
+    out["md5"] = file_md5(p)
+    if found[1]["path"] == path:
+        out["matches_lock"] = found[1].get("md5") == out["md5"]
+    return out
 
 
 def git_commit(root: Path = Path(".")) -> str | None:
