@@ -215,6 +215,9 @@ def target_state(path: str, root: Path, stages: dict) -> dict:
     out["md5"] = file_md5(p)
     if found[1]["path"] == path:
         out["matches_lock"] = found[1].get("md5") == out["md5"]
+    else:                                   # a file inside a directory output: its listing
+        locked = _locked_entry_md5(root, found[1].get("md5"), str(PurePosixPath(path).relative_to(found[1]["path"])))
+        out["matches_lock"] = None if locked is None else locked == out["md5"]
     return out
 
 
@@ -273,4 +276,11 @@ def why(uid: str, root: Path = Path(".")) -> dict:
         "held_out_evaluation": trained if split == "val" else [],
         "evaluate_ceiling_row": split == "test" and "evaluate" in stages,
     }
+    # The default DreamBooth identity is a test object's renders: that one model saw it.
+    booth = data / "models/dreambooth/summary.json"
+    if "dreambooth" in stages and booth.is_file():
+        import json
+
+        if json.loads(booth.read_text()).get("identity_uid") == uid:
+            out["models"]["trained_on_it"] = out["models"]["trained_on_it"] + ["dreambooth (identity)"]
     return out
