@@ -1,0 +1,149 @@
+"""Correspondences through depth and MVDiffusion's correspondence-aware attention (CAA)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dreamline.config import UNetParams
+from dreamline.texturing.caa import CAAModel, CorrespondenceAwareAttention, unet_feature_sizes
+from dreamline.texturing.correspondence import correspondences
+from dreamline.models.unet import build_unet
+from dreamline.rendering.cameras import Camera
+from dreamline.rendering.reprojection import unproject
+
+RADIUS = 0.4
+
+
+def sphere_depth(cam: Camera, radius: float = RADIUS) -> np.ndarray:
+    """Exact depth (-z_cam) of a sphere at the origin, 0 where the ray misses it."""
+    K = cam.K
+    u, v = np.meshgrid(np.arange(cam.width) + 0.5, np.arange(cam.height) + 0.5)
+    d_cam = np.stack([(u - K[0, 2]) / K[0, 0], -(v - K[1, 2]) / K[1, 1], -np.ones_like(u)], -1)
+    d = d_cam @ cam.c2w[:3, :3].T
+    norm = np.linalg.norm(d, axis=-1, keepdims=True)
+    d = d / norm
+    o = cam.c2w[:3, 3]
+    b = d @ o
+    disc = b ** 2 - (o @ o - radius ** 2)
+    t = -b - np.sqrt(np.maximum(disc, 0.0))
+    return np.where(disc > 0, t / norm[..., 0], 0.0)
+
+
+def orbit(n: int, size: int) -> list[Camera]:
+    return [Camera.orbit(360.0 * i / n, 20.0, 1.5, 40.0, size) for i in range(n)]
+
+
+def test_correspondences_land_on_the_same_surface_point_and_respect_occlusion():
+    cams = orbit(4, 32)
+    depths = [sphere_depth(c) for c in cams]
+    corr = correspondences(depths, cams, 32, 32, depth_tol=0.02)
+    assert corr.target.shape == (4, 3, 32, 32, 2) and corr.others[1] == [0, 2, 3]
+    for i in range(4):
+        src = unproject(depths[i], cams[i])
+        for k, l in enumerate(corr.others[i]):
+            ok = corr.valid[i, k].numpy()
+            if (l - i) % 4 == 2:                          # opposite views: checked below
+                continue
+            assert ok.sum() > 30                          # 90 deg apart: some overlap, never all
+            assert ok.sum() < 0.9 * np.isfinite(src[..., 0]).sum()
+            tgt = unproject(depths[l], cams[l])
+            uv = corr.target[i, k].numpy()
+            cols, rows = np.floor(uv[ok][:, 0]).astype(int), np.floor(uv[ok][:, 1]).astype(int)
+            # The target pixel sees (within a pixel's footprint) the point the source pixel sees.
+            gap = np.linalg.norm(tgt[rows, cols] - src[ok], axis=-1)
+            assert np.nanmax(gap) < 0.05
+    # Opposite views of a sphere share (almost) nothing: the far side is occluded.
+    opp = correspondences([depths[0], depths[2]], [cams[0], cams[2]], 32, 32, depth_tol=0.02)
+    fg = (depths[0] > 0).sum()
+    assert opp.valid[0, 0].sum() < 0.03 * fg
+    # A coarser grid reads depth at its pixel centres.
+    assert correspondences(depths, cams, 8, 8, 0.05).valid.shape == (4, 3, 8, 8)
+    with pytest.raises(ValueError, match="at least 2 views"):
+        correspondences(depths[:1], cams[:1], 8, 8, 0.05)
+
+
+def _tiny_unet():
+    torch.manual_seed(0)
+    p = UNetParams(block_out_channels=(32, 64), attention=(False, True), layers_per_block=1,
+                   attention_head_dim=32, norm_num_groups=32)
+    return build_unet(p, in_channels=4, sample_size=16, cross_attention_dim=32).eval()
+
+
+def _by_size(unet, cams, depths, size):
+    return {hw: correspondences(depths, cams, hw[0], hw[1], depth_tol=0.05)
+            for hw in unet_feature_sizes(unet, size, size)}
+
+
+def test_zero_initialised_caa_leaves_the_frozen_base_unchanged_and_only_caa_trains():
+    unet = _tiny_unet()
+    cams = orbit(4, 64)
+    depths = [sphere_depth(c) for c in cams]
+    by_size = _by_size(unet, cams, depths, 16)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 4, 16, 16, generator=g)                     # 2 objects x 4 views
+    t = torch.tensor([500] * 8)
+    ctx = torch.randn(8, 5, 32, generator=g)
+    with torch.no_grad():
+        base = unet(x, t, encoder_hidden_states=ctx).sample
+    caa = CAAModel.for_unet(unet)
+    unet.requires_grad_(False)
+    handles = caa.attach(unet)
+    with torch.no_grad(), caa.correspondences(by_size, num_views=4):
+        same = unet(x, t, encoder_hidden_states=ctx).sample
+    assert torch.equal(same, base)                                 # bit for bit
+
+    with caa.correspondences(by_size, num_views=4):
+        loss = unet(x, t, encoder_hidden_states=ctx).sample.square().mean()
+    loss.backward()
+    assert all(p.grad is None for p in unet.parameters())
+    assert all(b.to_out.weight.grad.abs().sum() > 0 for b in caa.blocks)
+
+    with torch.no_grad():
+        for b in caa.blocks:
+            b.to_out.weight.normal_(0, 0.05)
+        with caa.correspondences(by_size, num_views=4):
+            moved = unet(x, t, encoder_hidden_states=ctx).sample
+        outside = unet(x, t, encoder_hidden_states=ctx).sample    # no geometry in scope: the base
+    assert (moved - base).abs().max() > 1e-4
+    assert torch.equal(outside, base)
+    for h in handles:
+        h.remove()
+
+
+def test_caa_carries_information_only_along_correspondences():
+    torch.manual_seed(0)
+    cams = orbit(4, 64)
+    depths = [sphere_depth(c) for c in cams]
+    corr = correspondences(depths, cams, 16, 16, depth_tol=0.05)
+    block = CorrespondenceAwareAttention(32, heads=2, kernel=3, norm_groups=1)
+    with torch.no_grad():
+        block.to_out.weight.normal_(0, 0.1)
+        block.to_out.bias.normal_(0, 0.1)
+    x = torch.randn(4, 32, 16, 16)
+    y = block(x, corr, num_views=4)
+    # Pixels with no valid correspondence in any other view (background, unseen parts) are unchanged.
+    none = ~corr.valid.any(1)                                      # (4, 16, 16)
+    assert none.any() and (~none).any()
+    assert torch.equal(y.permute(0, 2, 3, 1)[none], x.permute(0, 2, 3, 1)[none])
+    assert (y - x).permute(0, 2, 3, 1)[~none].abs().amax(-1).min() > 0
+    # Changing view 1 changes view 0 only at pixels linked to view 1; view 2 (opposite, all
+    # occluded) changes nothing in view 0.
+    for other, expect_change in ((1, True), (2, False)):
+        x2 = x.clone()
+        x2[other] += torch.randn(32, 16, 16)
+        y2 = block(x2, corr, num_views=4)
+        linked = corr.valid[0, corr.others[0].index(other)]
+        changed = (y2[0] - y[0]).abs().amax(0) > 0
+        assert bool(changed.any()) == expect_change and not (changed & ~linked).any()
+
+
+def test_caa_save_load_round_trip(tmp_path):
+    caa = CAAModel(block_channels=(32, 64), heads=2)
+    with torch.no_grad():
+        caa.blocks[1].to_out.weight.normal_()
+    caa.save_pretrained(tmp_path / "caa")
+    back = CAAModel.from_pretrained(tmp_path / "caa")
+    assert back.config.heads == 2 and len(back.blocks) == 5
+    for a, b in zip(caa.state_dict().values(), back.state_dict().values()):
+        assert torch.equal(a, b)
