@@ -147,7 +147,7 @@ def serve(config: Path, root: Path, names: Optional[list[str]] = None) -> None:
         prefect_serve(*runner_deployments(specs, root))
         return
     with local_server(log=root / ".prefect-server.log") as (url, proc):
-        print(f"started a local Prefect server (pid {proc.pid}) at {url}; its log: .prefect-server.log")
+        print(f"started a local Prefect server (pid {proc.pid}) at {url}; its log: .prefect-server.log", flush=True)
         os.environ["PREFECT_API_URL"] = url
         from prefect.settings import PREFECT_API_URL, temporary_settings
 

@@ -154,3 +154,55 @@ def test_serve_builds_the_same_deployments_from_prefect_yaml(tmp_path):
 
     proc = Project(REPO, None).run(sys.executable, "-m", "dreamline.cli", "serve", "--config", str(bad), check=False)
     assert proc.returncode == 2 and "only cron schedules" in proc.stderr
+
+
+def test_dreamline_serve_without_a_server_runs_a_triggered_deployment(tmp_path):
+    """`dreamline serve` with no PREFECT_API_URL: starts its own server, serves prefect.yaml's
+    deployments, runs a triggered one, and on Ctrl-C stops the server it started."""
+    import os
+    import re
+    import signal
+    import subprocess
+
+    root = tmp_path / "repo"
+    shutil.copytree(REPO / "flows", root / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(REPO / "prefect.yaml", root / "prefect.yaml")
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"hello": {
+        "cmd": f"{sys.executable} -c \"open('hello.txt','w').write('hi')\"", "outs": ["hello.txt"]}}}))
+    for cmd in (("git", "init", "-q"), (sys.executable, "-m", "dvc", "init", "-q")):
+        subprocess.run(cmd, cwd=root, check=True, capture_output=True)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONPATH=str(root))
+    serve = subprocess.Popen([sys.executable, "-m", "dreamline.cli", "serve", "-d", "full-pipeline"], cwd=root,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    try:
+        first = serve.stdout.readline()
+        found = re.search(r"pid (\d+)\) at (\S+);", first)
+        assert found, first
+        server_pid, api = int(found.group(1)), found.group(2)
+        deadline = time.time() + 120
+        while httpx.get(f"{api}/deployments/name/dvc-pipeline/full-pipeline").status_code != 200:
+            assert time.time() < deadline and serve.poll() is None, "serve did not register the deployment"
+            time.sleep(1)
+        run = subprocess.run([sys.executable, "-m", "prefect", "deployment", "run", "dvc-pipeline/full-pipeline"],
+                             cwd=root, env={**env, "PREFECT_API_URL": api}, capture_output=True, text=True,
+                             check=True).stdout
+        flow_run_id = next(line.split()[-1] for line in run.splitlines() if "UUID" in line)
+        state = {}
+        while time.time() < deadline + 120:
+            state = httpx.get(f"{api}/flow_runs/{flow_run_id}").json()["state"] or {}
+            if state.get("type") in ("COMPLETED", "FAILED", "CRASHED"):
+                break
+            time.sleep(1)
+        assert state.get("type") == "COMPLETED", state
+        assert (root / "hello.txt").read_text() == "hi" and "1 of 1 stage(s) ran" in state["message"]
+    finally:
+        os.killpg(serve.pid, signal.SIGINT)
+        try:
+            serve.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(serve.pid, signal.SIGKILL)
+            serve.wait(10)
+    with pytest.raises(ProcessLookupError):                        # the server it started is gone
+        os.kill(server_pid, 0)
