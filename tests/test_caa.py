@@ -147,3 +147,77 @@ def test_caa_save_load_round_trip(tmp_path):
     assert back.config.heads == 2 and len(back.blocks) == 5
     for a, b in zip(caa.state_dict().values(), back.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_depth_input_starts_as_the_base_and_depth_is_normalised_per_view():
+    from dreamline.models.codec import PixelUnshuffleCodec
+    from dreamline.texturing.depth import add_depth_input, depth_channels, depth_condition, normalise_depth
+
+    d = np.zeros((2, 8, 8))
+    d[0, 2:6, 2:6] = np.linspace(1.0, 2.0, 16).reshape(4, 4)
+    n = normalise_depth(d)
+    assert n[0].max() == 1.0 and n[0][d[0] > 0].min() == -1.0 and (n[0][d[0] == 0] == -1).all()
+    assert (n[1] == -1).all()                                          # no foreground: all far
+    assert torch.allclose(normalise_depth(d * 7.0), n)                 # scale-free, as SD's depth2img
+    codec = PixelUnshuffleCodec(factor=2)
+    assert depth_condition(d, codec).shape == (2, depth_channels(codec), 4, 4)
+
+    unet = _tiny_unet()
+    g = torch.Generator().manual_seed(0)
+    x, ctx = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 5, 32, generator=g)
+    t = torch.tensor([10, 900])
+    with torch.no_grad():
+        base = unet(x, t, encoder_hidden_states=ctx).sample
+        add_depth_input(unet, 4)
+        widened = unet(torch.cat([x, torch.randn(2, 4, 16, 16, generator=g)], 1), t, encoder_hidden_states=ctx).sample
+    assert unet.config.in_channels == 8 and unet.config.out_channels == 4
+    assert torch.equal(widened, base)
+
+
+def _tiny_mvdiffusion(caa: bool = True):
+    from tiny_models import TINY, tiny_text
+    from diffusers import DDIMScheduler
+
+    from dreamline.models.codec import PixelUnshuffleCodec
+    from dreamline.texturing.depth import add_depth_input
+    from dreamline.texturing.pipeline import MVDiffusionPipeline
+
+    text_encoder, tokenizer = tiny_text()
+    torch.manual_seed(0)
+    unet = add_depth_input(build_unet(TINY, in_channels=12, sample_size=8, cross_attention_dim=16), 4).eval()
+    pipe = MVDiffusionPipeline(unet=unet, vae=PixelUnshuffleCodec(factor=2), text_encoder=text_encoder,
+                               tokenizer=tokenizer, scheduler=DDIMScheduler(prediction_type="v_prediction"),
+                               caa=CAAModel.for_unet(unet, norm_groups=8) if caa else None, max_tokens=8,
+                               depth_tol=0.05)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_mvdiffusion_pipeline_zero_caa_equals_independent_views_and_round_trips(tmp_path):
+    from dreamline.texturing.pipeline import MVDiffusionPipeline
+
+    pipe = _tiny_mvdiffusion()
+    cams = orbit(4, 16)
+    depths = np.stack([sphere_depth(c) for c in cams])
+    run = dict(num_inference_steps=3, guidance_scale=2.0, output_type="np")
+    joint = pipe("a red mug", depths, cams, generator=torch.Generator().manual_seed(0), **run).images
+    alone = pipe("a red mug", depths, cams, use_caa=False, generator=torch.Generator().manual_seed(0), **run).images
+    assert joint.shape == (4, 16, 16, 3) and np.array_equal(joint, alone)     # zero-initialised CAA
+    with torch.no_grad():
+        for b in pipe.caa.blocks:
+            b.to_out.weight.normal_(0, 0.2)
+    joint = pipe("a red mug", depths, cams, generator=torch.Generator().manual_seed(0), **run).images
+    assert np.abs(joint - alone).max() > 1e-4
+    assert not pipe.unet._forward_hooks and not any(b._forward_hooks for b in pipe.unet.down_blocks)
+
+    pipe.save_pretrained(tmp_path / "mvd")
+    back = MVDiffusionPipeline.from_pretrained(tmp_path / "mvd")
+    back.set_progress_bar_config(disable=True)
+    again = back("a red mug", depths, cams, generator=torch.Generator().manual_seed(0), **run).images
+    assert np.allclose(again, joint, atol=1e-6)
+    with pytest.raises(ValueError, match="N = 4 cameras"):
+        pipe("a red mug", depths[:3], cams, **run)
+
+    bare = _tiny_mvdiffusion(caa=False)
+    bare.save_pretrained(tmp_path / "bare")
+    assert MVDiffusionPipeline.from_pretrained(tmp_path / "bare").caa is None

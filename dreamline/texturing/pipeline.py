@@ -1,0 +1,117 @@
+"""MVDiffusion's multi-view depth-to-image pipeline: N views of one mesh denoised together.
+
+Each view is a branch of the same depth-conditioned UNet (its depth map as extra input);
+with a CAA model the branches exchange features along the depth correspondences after
+every UNet block, so overlapping regions agree. Without one (or `use_caa=False`) each view
+is generated independently: the baseline MVDiffusion compares against.
+"""
+from __future__ import annotations
+
+import inspect
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from dreamline.models.codec import from_latent, spatial_factor
+from dreamline.models.text import encode_text
+from dreamline.rendering.cameras import Camera
+from dreamline.texturing.caa import unet_feature_sizes
+from dreamline.texturing.correspondence import correspondences
+from dreamline.texturing.depth import depth_condition, latent_channels
+
+
+@dataclass
+class MVDiffusionPipelineOutput(BaseOutput):
+    """``images``: the N views in [0, 1] (np (N, H, W, 3), pt (N, 3, H, W) or PIL)."""
+    images: np.ndarray | torch.Tensor | list[PIL.Image.Image]
+
+
+class MVDiffusionPipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = ["caa"]
+
+    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, caa=None, max_tokens: int = 16,
+                 depth_tol: float = 0.05):
+        super().__init__()
+        self.register_modules(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                              scheduler=scheduler, caa=caa)
+        self.register_to_config(max_tokens=max_tokens, depth_tol=depth_tol)
+
+    def geometry(self, depths: np.ndarray, cameras: list[Camera]) -> dict:
+        """{(h, w): Correspondences} at every UNet block's resolution for these views."""
+        factor = spatial_factor(self.vae)
+        h, w = depths.shape[1] // factor, depths.shape[2] // factor
+        return {hw: correspondences(list(depths), cameras, hw[0], hw[1], self.config.depth_tol)
+                for hw in unet_feature_sizes(self.unet, h, w)}
+
+    @torch.no_grad()
+    def sample(self, prompt: str, depths: np.ndarray, cameras: list[Camera], use_caa: bool = True,
+               negative_prompt: str = "", num_inference_steps: int = 50, guidance_scale: float = 1.0,
+               generator: torch.Generator | None = None, latents: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoded views (N, 3, H, W), about [-1, 1]. `depths` (N, H, W) world-unit depth of the
+        mesh in each camera (0 = background); H and W are the output size."""
+        depths = np.asarray(depths, dtype=np.float64)
+        n = len(cameras)
+        if depths.ndim != 3 or depths.shape[0] != n:
+            raise ValueError(f"depths must be (N, H, W) with N = {n} cameras, got {depths.shape}")
+        factor = spatial_factor(self.vae)
+        if depths.shape[1] % factor or depths.shape[2] % factor:
+            raise ValueError(f"image size {depths.shape[1:]} is not divisible by the codec factor {factor}")
+        device = self._execution_device
+        cond = depth_condition(depths, self.vae).to(device, self.unet.dtype)
+        guidance = guidance_scale > 1.0
+        texts = [negative_prompt, prompt] if guidance else [prompt]
+        states, mask = encode_text(self.text_encoder, self.tokenizer, texts, self.config.max_tokens)
+        states = states.to(device, self.unet.dtype).repeat_interleave(n, dim=0)
+        mask = None if mask is None else mask.to(device).repeat_interleave(n, dim=0)
+        shape = (n, latent_channels(self.unet), cond.shape[-2], cond.shape[-1])
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents of shape {tuple(latents.shape)}, expected {shape}")
+        latents = latents.to(device, self.unet.dtype) * self.scheduler.init_noise_sigma
+        cond_in = torch.cat([cond, cond]) if guidance else cond
+
+        caa = self.caa if use_caa else None
+        handles = caa.attach(self.unet) if caa is not None else []
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
+        try:
+            scope = caa.correspondences(self.geometry(depths, cameras), n) if caa is not None else nullcontext()
+            with scope:
+                for t in self.progress_bar(self.scheduler.timesteps):
+                    x = torch.cat([latents, latents]) if guidance else latents
+                    x = torch.cat([self.scheduler.scale_model_input(x, t), cond_in], dim=1)
+                    pred = self.unet(x, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+                    if guidance:
+                        uncond, c = pred.chunk(2)
+                        pred = uncond + guidance_scale * (c - uncond)
+                    latents = self.scheduler.step(pred, t, latents, **step_kwargs).prev_sample
+        finally:
+            for h in handles:
+                h.remove()
+        return from_latent(self.vae, latents.to(self.vae.dtype)).float()
+
+    def __call__(self, prompt: str, depths: np.ndarray, cameras: list[Camera], use_caa: bool = True,
+                 negative_prompt: str = "", num_inference_steps: int = 50, guidance_scale: float = 1.0,
+                 generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
+                 output_type: str = "np", return_dict: bool = True):
+        x = self.sample(prompt, depths, cameras, use_caa, negative_prompt, num_inference_steps, guidance_scale,
+                        generator, latents)
+        images = ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+        if output_type == "pt":
+            out = images.cpu()
+        elif output_type in ("np", "pil"):
+            out = images.permute(0, 2, 3, 1).cpu().numpy()
+            out = self.numpy_to_pil(out) if output_type == "pil" else out
+        else:
+            raise ValueError(f"output_type must be 'np', 'pt' or 'pil', got {output_type!r}")
+        self.maybe_free_model_hooks()
+        return MVDiffusionPipelineOutput(images=out) if return_dict else (out,)
+
