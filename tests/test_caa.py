@@ -221,3 +221,28 @@ def test_mvdiffusion_pipeline_zero_caa_equals_independent_views_and_round_trips(
     bare = _tiny_mvdiffusion(caa=False)
     bare.save_pretrained(tmp_path / "bare")
     assert MVDiffusionPipeline.from_pretrained(tmp_path / "bare").caa is None
+
+
+def test_baking_recovers_a_position_coloured_sphere_and_respects_occlusion():
+    import trimesh
+
+    from dreamline.texturing.bake import bake_vertex_colours
+
+    mesh = trimesh.creation.icosphere(subdivisions=3, radius=RADIUS)
+    cams = orbit(4, 64)
+    depths = np.stack([sphere_depth(c) for c in cams])
+    # Each view shows the surface point's position as its colour: a wrong view, or an
+    # occluded one, would paint the wrong colour.
+    images = []
+    for c, d in zip(cams, depths):
+        p = unproject(d, c)
+        images.append(np.where(np.isfinite(p), p / (2 * RADIUS) + 0.5, 0.0))
+    baked = bake_vertex_colours(mesh.vertices, mesh.vertex_normals, mesh.faces, np.stack(images), depths, cams,
+                                depth_tol=0.02)
+    truth = mesh.vertices / (2 * RADIUS) + 0.5
+    err = np.abs(baked.colours - truth).max(1)
+    assert 0.6 < baked.coverage < 1.0                   # the poles under/over the orbit are not seen
+    assert np.median(err[baked.seen]) < 0.01 and err[baked.seen].max() < 0.08
+    assert err[~baked.seen].max() < 0.5                 # filled from neighbours, not left black
+    with pytest.raises(ValueError, match="4 images, 3 depth maps"):
+        bake_vertex_colours(mesh.vertices, mesh.vertex_normals, mesh.faces, np.stack(images), depths[:3], cams, 0.02)
