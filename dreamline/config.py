@@ -283,6 +283,36 @@ class TrainAGPParams(Strict):
     train: TrainingParams = TrainingParams(steps=200, batch_size=32, lr=3e-4)
 
 
+class TrainDepthParams(Strict):
+    """MVDiffusion stage 1: the base model fine-tuned with each view's depth map as extra input."""
+    base_model: str = "data/models/base"
+    caption_dropout: float = Field(0.1, ge=0.0, le=1.0)
+    original_text_prob: float = Field(0.3, ge=0.0, le=1.0)
+    # Held-out (val) loss with the view's own depth vs another object's depth vs no depth.
+    eval_timesteps: int = Field(8, ge=1, le=1000)
+    train: TrainingParams = TrainingParams(steps=300, batch_size=32, lr=3e-4, sample_captions=0)
+
+
+class TrainCAAParams(Strict):
+    """MVDiffusion stage 2: correspondence-aware attention blocks on the frozen depth model."""
+    depth_model: str = "data/models/depth"
+    num_views: int = Field(4, ge=2, le=32)
+    heads: int = Field(1, ge=1, le=64)
+    kernel: int = Field(3, ge=1, le=9)              # K of the K x K neighbourhood
+    num_freqs: int = Field(4, ge=1, le=16)          # displacement encoding
+    depth_tol: float = Field(0.05, gt=0.0)          # occlusion test, world units (objects are unit size)
+    caption_dropout: float = Field(0.1, ge=0.0, le=1.0)
+    original_text_prob: float = Field(0.3, ge=0.0, le=1.0)
+    eval_timesteps: int = Field(8, ge=1, le=1000)
+    train: TrainingParams = TrainingParams(steps=200, batch_size=4, lr=1e-3, sample_captions=2, sample_steps=20)
+
+    @model_validator(mode="after")
+    def _odd_kernel(self) -> "TrainCAAParams":
+        if self.kernel % 2 == 0:
+            raise ValueError("kernel must be odd (a neighbourhood centred on the correspondence)")
+        return self
+
+
 class DreamBoothParams(Strict):
     """MVDreamBooth: the multi-view model fine-tuned on a few images of one identity."""
     model: str = "data/models/mv"
@@ -550,6 +580,8 @@ class Params(Strict):
     train_mv_3d: TrainMVParams = TrainMVParams(joint_2d_fraction=0.0)
     train_agp: TrainAGPParams = TrainAGPParams()
     dreambooth: DreamBoothParams = DreamBoothParams()
+    train_depth: TrainDepthParams = TrainDepthParams()
+    train_caa: TrainCAAParams = TrainCAAParams()
     distill: DistillParams = DistillParams()
     evaluator: EvaluatorParams = EvaluatorParams()
     evaluate: EvaluateParams = EvaluateParams()

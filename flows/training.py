@@ -1,4 +1,5 @@
-"""Prefect flows of the training stages: train_base, train_mv, train_agp, dreambooth.
+"""Prefect flows of the training stages: train_base, train_mv, train_agp, dreambooth, and
+MVDiffusion's train_depth and train_caa.
 
 One flow per DVC stage (so each shows under its own name); all run the same `train` task
 on their params section."""
@@ -54,3 +55,17 @@ def dreambooth_flow(params: Params, renders: Path = paths.RENDERS, captions: Pat
                     models: Path = paths.MODELS, checkpoints: Path = paths.CHECKPOINTS) -> dict:
     """MVDreamBooth on `params.dreambooth.images` (a folder), or the default identity."""
     return _run("dreambooth", params.dreambooth, renders, captions, models, checkpoints)
+
+
+@flow(name="train-depth")
+def train_depth_flow(params: Params, renders: Path = paths.RENDERS, captions: Path = CAPTIONS,
+                     models: Path = paths.MODELS, checkpoints: Path = paths.CHECKPOINTS) -> dict:
+    """MVDiffusion stage 1: the depth-conditioned base (data/models/depth)."""
+    return _run("depth", params.train_depth, renders, captions, models, checkpoints)
+
+
+@flow(name="train-caa")
+def train_caa_flow(params: Params, renders: Path = paths.RENDERS, captions: Path = CAPTIONS,
+                   models: Path = paths.MODELS, checkpoints: Path = paths.CHECKPOINTS) -> dict:
+    """MVDiffusion stage 2: CAA blocks on the frozen depth model (data/models/mvdiffusion)."""
+    return _run("mvdiffusion", params.train_caa, renders, captions, models, checkpoints)

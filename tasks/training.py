@@ -16,6 +16,8 @@ TRAINERS = {
     "mv_3d": "dreamline.training.multiview:train_mv",
     "agp": "dreamline.training.agp:train_agp",
     "dreambooth": "dreamline.training.dreambooth:dreambooth",
+    "depth": "dreamline.texturing.training:train_depth",
+    "mvdiffusion": "dreamline.texturing.training:train_caa",
 }
 
 

@@ -157,6 +157,15 @@ class CAAModel(ModelMixin, ConfigMixin):
         finally:
             self._context = previous
 
+    @contextlib.contextmanager
+    def off(self):
+        """Within this block, attached UNets run as the frozen base (CAA switched off)."""
+        previous, self._context = self._context, None
+        try:
+            yield self
+        finally:
+            self._context = previous
+
 
 def unet_feature_sizes(unet, height: int, width: int) -> list[tuple[int, int]]:
     """The (h, w) of every UNet block's output for a (height, width) latent."""

@@ -18,6 +18,9 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+# from_pretrained loads custom components only from modules already imported: the UNet and
+# codec classes model_index.json names live here.
+import dreamline.models.unet  # noqa: F401
 from dreamline.models.codec import from_latent, spatial_factor
 from dreamline.models.text import encode_text
 from dreamline.rendering.cameras import Camera

@@ -1,0 +1,266 @@
+"""MVDiffusion's two training stages on the rendered corpus.
+
+train_depth: the base model with the depth map as extra input (zero-weighted at the start,
+so training starts from the base), trained on single train-split views. Held out: val loss
+with each view's own depth, another object's depth, and no depth, on the same noise.
+
+train_caa: CAA blocks after every block of the frozen depth model, trained on the MVDream
+view sets (N views of one object, one timestep per set), each view's epsilon/v loss summed
+over the set as MVDiffusion does (averaged here: a constant factor). Held out: val sets
+with CAA on vs off, same noise.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dreamline.config import TrainCAAParams, TrainDepthParams
+from dreamline.rendering.cameras import Camera
+from dreamline.training.common import (fresh_folder, file_digest, load_base_pipeline, pixel_resolution,
+                                       renders_digest, replace_folder, run_key, training_record, write_summary)
+from dreamline.training.data import TextBank, all_texts, choose_captions, load_views, view_sets
+from dreamline.training.objectives import comparison_table, target_for
+from dreamline.texturing.correspondence import Correspondences, correspondences, depth_at
+
+WHITE = torch.ones(3)
+
+
+def view_depths(renders_root: Path, rows, resolution: int) -> np.ndarray:
+    """(N, R, R) depth of each row's view (arrays.npz of its object), read at R x R pixel centres."""
+    out = np.zeros((len(rows), resolution, resolution))
+    for path, group in rows.groupby("arrays_path", sort=False):
+        arrays = np.load(Path(renders_root) / path)
+        where = {str(v): i for i, v in enumerate(arrays["view_id"])}
+        for pos, view_id in zip(group.index, group["view_id"]):
+            out[rows.index.get_loc(pos)] = depth_at(arrays["depth"][where[str(view_id)]], resolution, resolution)
+    return out
+
+
+def view_cameras(rows) -> list[Camera]:
+    return [Camera(np.asarray(r.c2w, dtype=np.float64).reshape(4, 4), float(r.fov_deg), int(r.width), int(r.height))
+            for r in rows.itertuples()]
+
+
+def _latents(vae, table, idx) -> torch.Tensor:
+    from dreamline.models.codec import to_latent
+
+    with torch.no_grad():
+        return to_latent(vae, table.rgb(idx, WHITE))
+
+
+def _bank(pipe, rows, max_tokens: int) -> TextBank:
+    from dreamline.models.text import encode_text
+
+    return TextBank(all_texts(rows), lambda texts: encode_text(pipe.text_encoder, pipe.tokenizer, texts, max_tokens))
+
+
+def conditioned_loss(unet, scheduler, latents, depth, states, mask, noise, t, reduction: str = "mean"):
+    z_t = scheduler.add_noise(latents, noise, t)
+    pred = unet(torch.cat([z_t, depth], 1), t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+    err = F.mse_loss(pred.float(), target_for(scheduler, latents, noise, t).float(), reduction="none").flatten(1).mean(1)
+    return err.mean() if reduction == "mean" else err
+
+
+@torch.no_grad()
+def paired_losses(variants: dict, scheduler, latents: torch.Tensor, timesteps: int, seed: int, unit: int,
+                  chunk: int = 64) -> dict:
+    """Held-out loss of each variant (a function (z, noise, t) -> per-image loss) on the SAME
+    noise at `timesteps` evenly spaced t; units = `unit` consecutive images (a view set) over t."""
+    n = len(latents)
+    ts = torch.linspace(0, scheduler.config.num_train_timesteps - 1, timesteps).round().long()
+    g = torch.Generator().manual_seed(seed)
+    noises = [torch.randn(latents.shape, generator=g) for _ in ts]
+    out = {}
+    for name, fn in variants.items():
+        items = torch.zeros(len(ts), n)
+        for k, t in enumerate(ts):
+            for s in range(0, n, chunk):
+                sl = slice(s, min(n, s + chunk))
+                items[k, sl] = fn(sl, noises[k][sl], t.repeat(sl.stop - sl.start))
+        out[name] = {"loss": float(items.mean()), "items": items.flatten(),
+                     "units": items.reshape(len(ts), n // unit, unit).mean((0, 2)),
+                     "per_timestep": {int(t): float(items[k].mean()) for k, t in enumerate(ts)}}
+    return out
+
+
+def train_depth(p: TrainDepthParams, renders_root: Path, captions_path: Path, out_dir: Path, work_dir: Path,
+                max_tokens: int = 16) -> dict:
+    from diffusers import DDPMScheduler
+
+    from dreamline.texturing.depth import add_depth_input, depth_channels, depth_condition
+    from dreamline.texturing.pipeline import MVDiffusionPipeline
+    from dreamline.training.loop import Trainer, batch_indices
+
+    torch.manual_seed(p.train.seed)
+    base = load_base_pipeline(p.base_model)
+    max_tokens = getattr(base.config, "max_tokens", None) or max_tokens
+    res = pixel_resolution(base)
+    train = load_views(renders_root, captions_path, res, splits=("train",))
+    val = load_views(renders_root, captions_path, res, splits=("val",))
+    train_depths = depth_condition(view_depths(renders_root, train.rows, res), base.vae)
+    val_depths = depth_condition(view_depths(renders_root, val.rows, res), base.vae)
+    bank, val_bank = _bank(base, train.rows, max_tokens), _bank(base, val.rows, max_tokens)
+    scheduler = DDPMScheduler.from_config(base.scheduler.config)
+    unet = add_depth_input(copy.deepcopy(base.unet), depth_channels(base.vae)).train()
+    seed, bs = p.train.seed, p.train.batch_size
+
+    def make_batch(step: int):
+        idx = batch_indices(seed, step, len(train), bs)
+        rng = np.random.default_rng([seed, step, 17])
+        states, mask = bank.lookup(choose_captions(train.rows.iloc[idx], rng, p.original_text_prob, p.caption_dropout))
+        return _latents(base.vae, train, idx), train_depths[torch.as_tensor(idx)], states, mask
+
+    def loss_fn(model, batch, g):
+        latents, depth, states, mask = batch
+        noise = torch.randn(latents.shape, generator=g)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=g)
+        return conditioned_loss(model, scheduler, latents, depth, states, mask, noise, t)
+
+    key = run_key(p, renders_digest(renders_root), file_digest(captions_path), file_digest(Path(p.base_model)))
+    trainer = Trainer(unet, p.train, work_dir, make_batch, loss_fn, samples_per_step=bs, run_key=key)
+    result = trainer.run()
+    trainer.ema.copy_to(unet.parameters())
+    unet.eval()
+
+    latents = _latents(base.vae, val, np.arange(len(val)))
+    states, mask = val_bank.lookup(val.rows["caption"].tolist())
+    # Another object's depth: the val views shifted by half the table (sorted by uid).
+    other = torch.roll(val_depths, len(val) // 2, dims=0)
+    none = torch.full_like(val_depths, -1.0)
+
+    def variant(depth):
+        return lambda sl, noise, t: conditioned_loss(unet, scheduler, latents[sl], depth[sl], states[sl],
+                                                     None if mask is None else mask[sl], noise, t, "none")
+
+    heldout = comparison_table(paired_losses({"own_depth": variant(val_depths), "other_object_depth": variant(other),
+                                              "no_depth": variant(none)}, scheduler, latents, p.eval_timesteps,
+                                             seed, 1), "own_depth", seed)
+    pipe = MVDiffusionPipeline(unet=unet, vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
+                               scheduler=base.scheduler, caa=None, max_tokens=max_tokens)
+    folder = fresh_folder(out_dir)
+    pipe.save_pretrained(folder)
+    summary = {"model": "depth", "train_views": len(train), "heldout_views": len(val), "heldout": heldout,
+               "training": training_record(result, folder)}
+    write_summary(folder, summary)
+    replace_folder(folder, out_dir)
+    return summary
+
+
+def set_geometry(renders_root: Path, table, sets: np.ndarray, res: int, sizes, depth_tol: float):
+    """Per view set: its depth maps (S, F, res, res) and {(h, w): Correspondences} (target (S, F, F-1, h, w, 2))."""
+    depths = view_depths(renders_root, table.rows, res)
+    cams = view_cameras(table.rows)
+    per_size = {}
+    for hw in sizes:
+        cs = [correspondences([depths[i] for i in s], [cams[i] for i in s], hw[0], hw[1], depth_tol) for s in sets]
+        per_size[hw] = (torch.stack([c.target for c in cs]), torch.stack([c.valid for c in cs]), cs[0].others)
+    return depths, per_size
+
+
+def batch_geometry(per_size: dict, chosen: np.ndarray) -> dict:
+    idx = torch.as_tensor(chosen)
+    return {hw: Correspondences(tgt[idx], val[idx], others) for hw, (tgt, val, others) in per_size.items()}
+
+
+def train_caa(p: TrainCAAParams, renders_root: Path, captions_path: Path, out_dir: Path, work_dir: Path) -> dict:
+    from diffusers import DDPMScheduler
+
+    from dreamline.models.codec import spatial_factor
+    from dreamline.models.grid import grid_image
+    from dreamline.texturing.caa import CAAModel, unet_feature_sizes
+    from dreamline.texturing.depth import depth_condition
+    from dreamline.texturing.pipeline import MVDiffusionPipeline
+    from dreamline.training.loop import Trainer, batch_indices
+
+    torch.manual_seed(p.train.seed)
+    pipe = MVDiffusionPipeline.from_pretrained(p.depth_model)
+    pipe.set_progress_bar_config(disable=True)
+    unet = pipe.unet.eval().requires_grad_(False)
+    res = pixel_resolution(pipe)
+    latent = res // spatial_factor(pipe.vae)
+    sizes = unet_feature_sizes(unet, latent, latent)
+    train = load_views(renders_root, captions_path, res, kinds=("mv",), splits=("train",))
+    val = load_views(renders_root, captions_path, res, kinds=("mv",), splits=("val",))
+    n = p.num_views
+    train_sets, val_sets = view_sets(train, n), view_sets(val, n)
+    train_depth, train_geo = set_geometry(renders_root, train, train_sets, res, sizes, p.depth_tol)
+    val_depth, val_geo = set_geometry(renders_root, val, val_sets, res, sizes, p.depth_tol)
+    train_cond = depth_condition(train_depth, pipe.vae)
+    val_cond = depth_condition(val_depth, pipe.vae)
+    max_tokens = pipe.config.max_tokens
+    bank, val_bank = _bank(pipe, train.rows, max_tokens), _bank(pipe, val.rows, max_tokens)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    caa = CAAModel.for_unet(unet, heads=p.heads, kernel=p.kernel, num_freqs=p.num_freqs,
+                            norm_groups=unet.config.norm_num_groups)
+    handles = caa.attach(unet)
+    seed, bs = p.train.seed, p.train.batch_size
+
+    def make_batch(step: int):
+        chosen = batch_indices(seed, step, len(train_sets), bs)
+        rng = np.random.default_rng([seed, step, 19])
+        texts = choose_captions(train.rows.iloc[train_sets[chosen, 0]], rng, p.original_text_prob, p.caption_dropout)
+        states, mask = bank.lookup([t for t in texts for _ in range(n)])
+        idx = train_sets[chosen].reshape(-1)
+        return (_latents(pipe.vae, train, idx), train_cond[torch.as_tensor(idx)], states, mask,
+                batch_geometry(train_geo, chosen))
+
+    def loss_fn(model, batch, g):
+        latents, depth, states, mask, geo = batch
+        noise = torch.randn(latents.shape, generator=g)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents) // n,), generator=g).repeat_interleave(n)
+        with model.correspondences(geo, n):
+            return conditioned_loss(unet, scheduler, latents, depth, states, mask, noise, t)
+
+    key = run_key(p, renders_digest(renders_root), file_digest(captions_path), file_digest(Path(p.depth_model)))
+    trainer = Trainer(caa, p.train, work_dir, make_batch, loss_fn, samples_per_step=bs * n, run_key=key)
+    result = trainer.run()
+    trainer.ema.copy_to(caa.parameters())
+    caa.eval()
+
+    vidx = val_sets.reshape(-1)
+    latents = _latents(pipe.vae, val, vidx)
+    states, mask = val_bank.lookup([val.rows["caption"].iloc[s[0]] for s in val_sets for _ in range(n)])
+    cond = val_cond[torch.as_tensor(vidx)]
+
+    def variant(on: bool):
+        def fn(sl, noise, t):
+            sets = np.arange(sl.start // n, sl.stop // n)
+            with caa.correspondences(batch_geometry(val_geo, sets), n) if on else caa.off():
+                return conditioned_loss(unet, scheduler, latents[sl], cond[sl], states[sl],
+                                        None if mask is None else mask[sl], noise, t, "none")
+        return fn
+
+    heldout = comparison_table(paired_losses({"caa": variant(True), "caa_off": variant(False)}, scheduler, latents,
+                                             p.eval_timesteps, seed, n, chunk=16 * n), "caa", seed)
+    heldout["_sets"] = int(len(val_sets))
+    for h in handles:
+        h.remove()
+    out = MVDiffusionPipeline(unet=unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                              scheduler=pipe.scheduler, caa=caa, max_tokens=max_tokens, depth_tol=p.depth_tol)
+    out.set_progress_bar_config(disable=True)
+    folder = fresh_folder(out_dir)
+    out.save_pretrained(folder)
+    k = min(p.train.sample_captions, len(val_sets))
+    if k:
+        cams = view_cameras(val.rows)
+        rows = []
+        for s in val_sets[:k]:
+            kwargs = dict(num_inference_steps=p.train.sample_steps, guidance_scale=p.train.guidance_scale,
+                          output_type="np")
+            prompt = val.rows["caption"].iloc[s[0]]
+            d = val_depth[s]
+            for use in (True, False):
+                rows.append(out(prompt, d, [cams[i] for i in s], use_caa=use,
+                                generator=torch.Generator().manual_seed(seed), **kwargs).images)
+        grid_image(np.concatenate(rows), nrow=n).save(folder / "samples.png")
+        (folder / "samples.txt").write_text("rows in pairs per val set: with CAA, then the same seed without\n")
+    summary = {"model": "mvdiffusion", "num_views": n, "train_sets": int(len(train_sets)), "heldout": heldout,
+               "training": training_record(result, folder)}
+    write_summary(folder, summary)
+    replace_folder(folder, out_dir)
+    return summary
+
