@@ -313,6 +313,26 @@ class TrainCAAParams(Strict):
         return self
 
 
+class TextureParams(Strict):
+    """MVDiffusion depth-to-image texturing of test objects, with its evaluation."""
+    model: str = "data/models/mvdiffusion"
+    evaluator: str = "data/models/evaluator"
+    objects: int = Field(8, ge=1, le=100_000)       # test-split objects, by uid
+    views: int = Field(4, ge=2, le=64)              # generated views around each object
+    elevation_deg: float = Field(20.0, ge=-89.0, le=89.0)
+    fov_deg: float = Field(40.0, gt=1.0, lt=179.0)
+    resolution: int = Field(32, ge=8, le=2048)      # the model's image size
+    steps: int = Field(20, ge=1, le=1000)           # DDIM
+    guidance_scale: float = Field(1.0, ge=0.0, le=50.0)
+    depth_tol: float = Field(0.05, gt=0.0)
+    eval_azimuths: int = Field(8, ge=1, le=64)      # R-precision renders of the textured GLB
+    eval_elevation_deg: float = Field(30.0, ge=-89.0, le=89.0)
+    eval_resolution: int = Field(64, ge=16, le=1024)
+    bootstrap: int = Field(1000, ge=10, le=100_000)
+    threads: int = Field(2, ge=1, le=256)
+    seed: int = 0
+
+
 class DreamBoothParams(Strict):
     """MVDreamBooth: the multi-view model fine-tuned on a few images of one identity."""
     model: str = "data/models/mv"
@@ -582,6 +602,7 @@ class Params(Strict):
     dreambooth: DreamBoothParams = DreamBoothParams()
     train_depth: TrainDepthParams = TrainDepthParams()
     train_caa: TrainCAAParams = TrainCAAParams()
+    texture: TextureParams = TextureParams()
     distill: DistillParams = DistillParams()
     evaluator: EvaluatorParams = EvaluatorParams()
     evaluate: EvaluateParams = EvaluateParams()

@@ -1,0 +1,16 @@
+"""Prefect task of the texture stage."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.common import run_logger
+
+
+@task(name="texture", cache_policy=NO_CACHE)
+def texture_task(p, curated: Path, captions: Path, renders: Path, out_dir: Path) -> dict:
+    from dreamline.texturing.texture import texture
+
+    return texture(p, Path(curated), Path(captions), Path(renders), Path(out_dir), log=run_logger().info)
