@@ -51,6 +51,7 @@ def evaluate_flow(params: Params, renders: Path = paths.RENDERS, captions: Path 
 
 @flow(name="report")
 def report_flow(params: Params, eval_dir: Path = paths.EVAL, distill_root: Path = paths.DISTILL,
-                models_root: Path = paths.MODELS, out: Path = paths.REPORT / "index.html") -> dict:
-    path = report_task(eval_dir, distill_root, models_root, out)
+                models_root: Path = paths.MODELS, out: Path = paths.REPORT / "index.html",
+                texture: Path = paths.DATA / "texture" / "metrics.json") -> dict:
+    path = report_task(eval_dir, distill_root, models_root, out, texture)
     return {"report": path}

@@ -29,7 +29,8 @@ RETRIES: dict[str, int] = {
     "mirror": 2, "curate": 2, "caption": 2, "render": 2,
     "train_base": 1, "train_mv": 1, "train_mv_3d": 1, "train_agp": 1, "dreambooth": 1,
     "distill": 1, "ablation": 1, "train_evaluator": 1,
-    "evaluate": 0, "report": 0,
+    "train_depth": 1, "train_caa": 1,
+    "evaluate": 0, "texture": 0, "report": 0,
 }
 # A stage exits 2 for invalid params or a missing input model: never worth a retry.
 NOT_RETRYABLE_EXIT = {2}

@@ -50,10 +50,16 @@ TINY = {
                             "sample_captions": 2, "threads": 1}},
     "dreambooth": {"train": {"steps": 2, "batch_size": 2, "log_every": 1, "sample_steps": 2,
                              "threads": 1}},
+    "train_depth": {"eval_timesteps": 2, "train": {"steps": 3, "batch_size": 4, "log_every": 1, "threads": 1}},
+    "train_caa": {"eval_timesteps": 2, "train": {"steps": 3, "batch_size": 1, "log_every": 1, "sample_steps": 2,
+                                                 "sample_captions": 1, "threads": 1}},
+    "evaluator": {"render_resolution": 32, "image_size": 64, "dim": 32, "steps": 5, "batch_size": 8, "threads": 1},
+    "texture": {"objects": 2, "views": 4, "resolution": 16, "steps": 2, "eval_azimuths": 2, "eval_resolution": 32,
+                "bootstrap": 10, "threads": 1},
 }
 PIXELS = TINY["train_base"]["resolution"]
 STAGE_MODEL = {"train_base": "base", "train_mv": "mv", "train_mv_3d": "mv_3d", "train_agp": "agp",
-               "dreambooth": "dreambooth"}
+               "dreambooth": "dreambooth", "train_depth": "depth", "train_caa": "mvdiffusion"}
 
 
 @pytest.fixture(scope="module")
@@ -251,6 +257,43 @@ def test_training_stages_end_to_end(tiny):
     check_samples(models / "dreambooth", grid_size(4 + 4, 4))
     pipe = MultiViewDiffusionPipeline.from_pretrained(models / "dreambooth")
     assert pipe.unet.config.class_embed_type == "projection"
+
+
+def test_mvdiffusion_stages_end_to_end(tiny):
+    """train_depth -> train_caa -> texture through their entry points: held-out tables, a
+    pipeline that loads with its CAA model, textured GLBs and the texture metrics."""
+    import trimesh
+
+    from dreamline.texturing.pipeline import MVDiffusionPipeline
+
+    root = tiny.root
+    ensure_models(tiny, "train_base")
+    tiny.stage("train_depth")
+    depth = check_training(tiny, "depth", 3)
+    check_table(depth["heldout"], ("own_depth", "other_object_depth", "no_depth"), depth["heldout_views"] * 2)
+    pipe = MVDiffusionPipeline.from_pretrained(root / "data/models/depth")
+    assert pipe.caa is None and pipe.unet.config.in_channels == pipe.unet.config.out_channels + 4
+
+    tiny.stage("train_caa")
+    caa = check_training(tiny, "mvdiffusion", 3)
+    sets = caa["heldout"]["_sets"]
+    check_table(caa["heldout"], ("caa", "caa_off"), sets * 4 * 2)
+    check_samples(root / "data/models/mvdiffusion", grid_size(2 * 4, 4))
+    pipe = MVDiffusionPipeline.from_pretrained(root / "data/models/mvdiffusion")
+    assert pipe.caa is not None and len(pipe.caa.blocks) == 2 * 2 + 1
+
+    tiny.stage("train_evaluator")
+    tiny.stage("texture")
+    m = json.loads((root / "data/texture/metrics.json").read_text())
+    assert m["objects"] == 2 and set(m["consistency"]) == {"caa", "independent", "caa_minus_independent"}
+    assert set(m["image_quality"]) == {"real", "caa", "independent"}
+    assert set(m["r_precision"]) == {"textured", "untextured", "own_colours"}
+    assert all(r["n_images"] == 2 * 2 for r in m["r_precision"].values())
+    for row in m["objects_table"]:
+        glb = trimesh.load(row["glb"], force="mesh")
+        assert glb.visual.kind == "vertex" and len(glb.vertices) > 0
+        assert 0.0 < row["coverage"] <= 1.0 and row["psnr_pairs"] >= 1
+        assert (Path(row["glb"]).parent / "views.png").exists()
 
 
 def test_sample_cli_writes_png(tiny):

@@ -120,8 +120,32 @@ def read_curve(path: Path, y: str = "loss", every: int = 1) -> list[tuple[float,
             for i in range(0, len(pts), every)]
 
 
+def texture_section(path: Path) -> list[str]:
+    """MVDiffusion texturing (stage `texture`): consistency, image quality, R-precision, views."""
+    t = json.loads(path.read_text())
+    s = ["<h2>Texturing (MVDiffusion)</h2><p class='note'>Test objects textured from their depth maps: "
+         f"{t['views']} views generated together with correspondence-aware attention (CAA) and, from the same "
+         "noise, each view alone. Overlap PSNR: each view against its neighbour warped through depth, over "
+         f"the pixels both see (dB; interval: bootstrap over {t['objects']} objects). Image quality against "
+         "real test renders. R-precision of renders of the baked GLB, the same shape untextured, and with its "
+         "own colours (ceiling).</p>"]
+    c = t["consistency"]
+    s.append(table([{"variant": k, "PSNR": v["psnr"], "ci95": v.get("psnr_ci95") or v.get("ci95"),
+                     "objects": v.get("n_objects")} for k, v in c.items()], ["variant", "PSNR", "ci95", "objects"]))
+    s.append(table([{"variant": k, **v} for k, v in t["image_quality"].items()],
+                   ["variant", "n", "FID", "IS", "clip_score", "clip_score_ci95"]))
+    s.append(table([{"renders": k, **v} for k, v in t["r_precision"].items()],
+                   ["renders", "n_images", "n_units", "n_captions", "R@1", "R@1_ci95", "R@5", "R@5_ci95"]))
+    for row in t.get("objects_table", [])[:4]:
+        grid = Path(row["glb"]).parent / "views.png"
+        if grid.exists():
+            s.append(f"<figure>{img(grid, 256, 'views')}<figcaption>{html.escape(row['prompt'])}: with CAA "
+                     f"(top), alone (bottom); PSNR {row['psnr_caa']} / {row['psnr_independent']}</figcaption></figure>")
+    return s
+
+
 def build_report(metrics_path: Path, assets_path: Path, distill_root: Path, models_root: Path,
-                 params_path: Path, lock_path: Path, out: Path) -> Path:
+                 params_path: Path, lock_path: Path, out: Path, texture_path: Path | None = None) -> Path:
     m = json.loads(metrics_path.read_text())
     assets = json.loads(assets_path.read_text()) if assets_path.exists() else []
     s = ["<!doctype html><html><head><meta charset='utf-8'><title>dreamline report</title>", STYLE,
@@ -166,6 +190,9 @@ def build_report(metrics_path: Path, assets_path: Path, distill_root: Path, mode
             if grid.exists():
                 s.append(f"<figure>{img(grid, 256, name)}<figcaption>{html.escape(name)}</figcaption></figure>")
 
+    if texture_path is not None and texture_path.exists():
+        s += texture_section(texture_path)
+
     s.append("<h2>Assets</h2>")
     for a in assets:
         folder = Path(a["asset"])
@@ -180,13 +207,15 @@ def build_report(metrics_path: Path, assets_path: Path, distill_root: Path, mode
 
     s.append("<h2>Training curves</h2>")
     s.append(line_chart({name: read_curve(models_root / name / "curve.csv")
-                         for name in ("base", "mv", "mv_3d", "agp", "evaluator")}, "training loss"))
+                         for name in ("base", "mv", "mv_3d", "agp", "evaluator", "depth", "mvdiffusion")},
+                        "training loss"))
 
     s.append("<h2>Where this came from</h2><p class='note'>The parameters and the data version "
              "(dvc.lock: every stage's inputs and outputs by hash) this report was built from.</p>")
     if params_path.exists():
         params = yaml.safe_load(params_path.read_text())
-        shown = {k: params.get(k) for k in ("distill", "evaluate", "evaluator", "ablation") if k in params}
+        shown = {k: params.get(k) for k in ("distill", "evaluate", "evaluator", "ablation", "texture")
+                 if k in params}
         s.append(f"<pre>{html.escape(yaml.safe_dump(shown, sort_keys=False))}</pre>")
     if lock_path.exists():
         lock = yaml.safe_load(lock_path.read_text()) or {}
