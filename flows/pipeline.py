@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from prefect import flow, get_run_logger, task
+from prefect.context import TaskRunContext
 from prefect.states import Completed, Failed
 
 # Retries per stage, for failures that may pass on a second attempt (a worker killed for
@@ -39,9 +40,9 @@ OUTPUT_TAIL = 40
 
 
 class StageFailed(RuntimeError):
-    def __init__(self, stage: str, returncode: int, tail: str):
-        self.stage, self.returncode = stage, returncode
-        super().__init__(f"stage {stage} exited {returncode}:\n{tail}")
+    def __init__(self, stage: str, returncode: int, tail: str, attempt: int = 1):
+        self.stage, self.returncode, self.attempt = stage, returncode, attempt
+        super().__init__(f"stage {stage} exited {returncode} (attempt {attempt}):\n{tail}")
 
 
 def _retry_condition(_task, _task_run, state) -> bool:
@@ -126,7 +127,9 @@ def repro_stage(stage: str, root: Path) -> str:
     logger = get_run_logger()
     rc, lines = _stream(_dvc("repro", "--single-item", stage), root, logger)
     if rc != 0:
-        raise StageFailed(stage, command_exit_code(lines, rc), "\n".join(lines[-OUTPUT_TAIL:]))
+        ctx = TaskRunContext.get()
+        attempt = ctx.task_run.run_count if ctx and ctx.task_run else 1
+        raise StageFailed(stage, command_exit_code(lines, rc), "\n".join(lines[-OUTPUT_TAIL:]), attempt)
     return "ran" if any(f"Running stage '{stage}'" in line for line in lines) else "up to date"
 
 
@@ -174,12 +177,11 @@ def pipeline(targets: Optional[list[str]] = None, upstream: bool = True, push_to
         if not state.is_completed():
             not_run = stages[len(outcome) + 1:]
             exc = state.result(raise_on_failure=False)
-            if isinstance(exc, StageFailed):
-                why = f"exit {exc.returncode}"
-                attempts = 1 if exc.returncode in NOT_RETRYABLE_EXIT else n + 1
+            if isinstance(exc, StageFailed):       # the attempt the task run itself counted
+                why, attempts = f"exit {exc.returncode}", f"{exc.attempt} attempt(s)"
             else:
-                why, attempts = (state.message or state.type.value), n + 1
-            return Failed(message=f"stage {stage} failed ({why}) after {attempts} attempt(s); "
+                why, attempts = (state.message or state.type.value), f"up to {n + 1} attempt(s)"
+            return Failed(message=f"stage {stage} failed ({why}) after {attempts}; "
                                   f"{len(outcome)} stage(s) finished before it, {len(not_run)} not run"
                                   + (f": {', '.join(not_run)}" if not_run else ""))
         outcome[stage] = state.result()

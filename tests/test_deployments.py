@@ -206,3 +206,22 @@ def test_dreamline_serve_without_a_server_runs_a_triggered_deployment(tmp_path):
             serve.wait(10)
     with pytest.raises(ProcessLookupError):                        # the server it started is gone
         os.kill(server_pid, 0)
+
+
+def test_a_stage_failing_every_time_is_retried_then_reported_with_its_attempts(tmp_path, prefect_api_url,
+                                                                                monkeypatch):
+    """Exit 1 is worth retrying: 1 + retries attempts run (each counted by the task run), then the flow fails."""
+    import subprocess
+
+    import flows.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "RETRY_DELAY_S", 0)
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"broken": {
+        "cmd": f"{sys.executable} -c \"open('tries.txt','a').write('x'); raise SystemExit(1)\"", "outs": ["out.txt"]}}}))
+    for cmd in (("git", "init", "-q"), (sys.executable, "-m", "dvc", "init", "-q")):
+        subprocess.run(cmd, cwd=root, check=True, capture_output=True)
+    state = pipeline_module.pipeline(root=str(root), retries={"broken": 2}, return_state=True)
+    assert state.is_failed() and "stage broken failed (exit 1) after 3 attempt(s)" in state.message, state.message
+    assert (root / "tries.txt").read_text() == "xxx"
