@@ -142,7 +142,7 @@ def texture(p: TextureParams, curated: Path, captions: Path, renders: Path, out_
     metrics["consistency"]["caa_minus_independent"] = {"psnr": round(float(diff.mean()), 3), "ci95": [lo, hi]}
 
     features = evaluator.images if isinstance(getattr(evaluator, "images", None), EfficientNetLite0) else EfficientNetLite0()
-    real_rows, real = real_views(renders, captions, p.resolution, "test", kinds=("mv",))
+    _, real = real_views(renders, captions, p.resolution, "test", kinds=("mv",))
     real_feats, real_probs = features(real)
     metrics["image_quality"]["real"] = {"n": int(len(real)), "IS": round(inception_score(real_probs)[0], 4)}
     prompts = list(chosen["caption"])

@@ -22,11 +22,12 @@ from dreamline.config import TrainCAAParams, TrainDepthParams
 from dreamline.rendering.cameras import Camera
 from dreamline.training.common import (fresh_folder, file_digest, load_base_pipeline, pixel_resolution,
                                        renders_digest, replace_folder, run_key, training_record, write_summary)
-from dreamline.training.data import TextBank, all_texts, choose_captions, load_views, view_sets
+from dreamline.training.data import choose_captions, load_views, view_sets
+# The multi-view stage's helpers: views over white through the codec, and the text bank.
+from dreamline.training.multiview import _bank, _encode
 from dreamline.training.objectives import comparison_table, target_for
 from dreamline.texturing.correspondence import Correspondences, correspondences, depth_at
 
-WHITE = torch.ones(3)
 
 
 def view_depths(renders_root: Path, rows, resolution: int) -> np.ndarray:
@@ -43,19 +44,6 @@ def view_depths(renders_root: Path, rows, resolution: int) -> np.ndarray:
 def view_cameras(rows) -> list[Camera]:
     return [Camera(np.asarray(r.c2w, dtype=np.float64).reshape(4, 4), float(r.fov_deg), int(r.width), int(r.height))
             for r in rows.itertuples()]
-
-
-def _latents(vae, table, idx) -> torch.Tensor:
-    from dreamline.models.codec import to_latent
-
-    with torch.no_grad():
-        return to_latent(vae, table.rgb(idx, WHITE))
-
-
-def _bank(pipe, rows, max_tokens: int) -> TextBank:
-    from dreamline.models.text import encode_text
-
-    return TextBank(all_texts(rows), lambda texts: encode_text(pipe.text_encoder, pipe.tokenizer, texts, max_tokens))
 
 
 def conditioned_loss(unet, scheduler, latents, depth, states, mask, noise, t, reduction: str = "mean"):
@@ -103,7 +91,7 @@ def train_depth(p: TrainDepthParams, renders_root: Path, captions_path: Path, ou
     val = load_views(renders_root, captions_path, res, splits=("val",))
     train_depths = depth_condition(view_depths(renders_root, train.rows, res), base.vae)
     val_depths = depth_condition(view_depths(renders_root, val.rows, res), base.vae)
-    bank, val_bank = _bank(base, train.rows, max_tokens), _bank(base, val.rows, max_tokens)
+    bank, val_bank = _bank(base, train.rows, "", max_tokens), _bank(base, val.rows, "", max_tokens)
     scheduler = DDPMScheduler.from_config(base.scheduler.config)
     unet = add_depth_input(copy.deepcopy(base.unet), depth_channels(base.vae)).train()
     seed, bs = p.train.seed, p.train.batch_size
@@ -112,7 +100,7 @@ def train_depth(p: TrainDepthParams, renders_root: Path, captions_path: Path, ou
         idx = batch_indices(seed, step, len(train), bs)
         rng = np.random.default_rng([seed, step, 17])
         states, mask = bank.lookup(choose_captions(train.rows.iloc[idx], rng, p.original_text_prob, p.caption_dropout))
-        return _latents(base.vae, train, idx), train_depths[torch.as_tensor(idx)], states, mask
+        return _encode(base, train, idx), train_depths[torch.as_tensor(idx)], states, mask
 
     def loss_fn(model, batch, g):
         latents, depth, states, mask = batch
@@ -126,7 +114,7 @@ def train_depth(p: TrainDepthParams, renders_root: Path, captions_path: Path, ou
     trainer.ema.copy_to(unet.parameters())
     unet.eval()
 
-    latents = _latents(base.vae, val, np.arange(len(val)))
+    latents = _encode(base, val, np.arange(len(val)))
     states, mask = val_bank.lookup(val.rows["caption"].tolist())
     # Another object's depth: the val views shifted by half the table (sorted by uid).
     other = torch.roll(val_depths, len(val) // 2, dims=0)
@@ -192,7 +180,7 @@ def train_caa(p: TrainCAAParams, renders_root: Path, captions_path: Path, out_di
     train_cond = depth_condition(train_depth, pipe.vae)
     val_cond = depth_condition(val_depth, pipe.vae)
     max_tokens = pipe.config.max_tokens
-    bank, val_bank = _bank(pipe, train.rows, max_tokens), _bank(pipe, val.rows, max_tokens)
+    bank, val_bank = _bank(pipe, train.rows, "", max_tokens), _bank(pipe, val.rows, "", max_tokens)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     caa = CAAModel.for_unet(unet, heads=p.heads, kernel=p.kernel, num_freqs=p.num_freqs,
                             norm_groups=unet.config.norm_num_groups)
@@ -205,7 +193,7 @@ def train_caa(p: TrainCAAParams, renders_root: Path, captions_path: Path, out_di
         texts = choose_captions(train.rows.iloc[train_sets[chosen, 0]], rng, p.original_text_prob, p.caption_dropout)
         states, mask = bank.lookup([t for t in texts for _ in range(n)])
         idx = train_sets[chosen].reshape(-1)
-        return (_latents(pipe.vae, train, idx), train_cond[torch.as_tensor(idx)], states, mask,
+        return (_encode(pipe, train, idx), train_cond[torch.as_tensor(idx)], states, mask,
                 batch_geometry(train_geo, chosen))
 
     def loss_fn(model, batch, g):
@@ -222,7 +210,7 @@ def train_caa(p: TrainCAAParams, renders_root: Path, captions_path: Path, out_di
     caa.eval()
 
     vidx = val_sets.reshape(-1)
-    latents = _latents(pipe.vae, val, vidx)
+    latents = _encode(pipe, val, vidx)
     states, mask = val_bank.lookup([val.rows["caption"].iloc[s[0]] for s in val_sets for _ in range(n)])
     cond = val_cond[torch.as_tensor(vidx)]
 
