@@ -304,6 +304,12 @@ class TrainCAAParams(Strict):
     caption_dropout: float = Field(0.1, ge=0.0, le=1.0)
     original_text_prob: float = Field(0.3, ge=0.0, le=1.0)
     eval_timesteps: int = Field(8, ge=1, le=1000)
+    # Training timesteps are drawn from [min_timestep, T): below it a view's own noisy image
+    # fixes its content, the other views add nothing, and the large v-loss there only adds noise.
+    min_timestep: int = Field(0, ge=0, le=999)
+    # Share of view sets whose views each draw their own timestep: a view noisier than its
+    # neighbours can only gain by reading them through CAA, which is the skill sampling needs.
+    independent_timesteps: float = Field(0.0, ge=0.0, le=1.0)
     train: TrainingParams = TrainingParams(steps=200, batch_size=4, lr=1e-3, sample_captions=2, sample_steps=20)
 
     @model_validator(mode="after")
@@ -328,6 +334,7 @@ class TextureParams(Strict):
     eval_azimuths: int = Field(8, ge=1, le=64)      # R-precision renders of the textured GLB
     eval_elevation_deg: float = Field(30.0, ge=-89.0, le=89.0)
     eval_resolution: int = Field(64, ge=16, le=1024)
+    distilled: bool = True                          # also texture every distilled asset's mesh.glb
     bootstrap: int = Field(1000, ge=10, le=100_000)
     threads: int = Field(2, ge=1, le=256)
     seed: int = 0

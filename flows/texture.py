@@ -15,8 +15,9 @@ TEXTURE = paths.DATA / "texture"
 
 @flow(name="texture")
 def texture_flow(params: Params, curated: Path = paths.CURATED, captions: Path = paths.CAPTIONS / "captions.parquet",
-                 renders: Path = paths.RENDERS, out_dir: Path = TEXTURE) -> dict:
-    metrics = texture_task(params.texture, curated, captions, renders, Path(out_dir) / "objects")
+                 renders: Path = paths.RENDERS, out_dir: Path = TEXTURE, distill_root: Path = paths.DISTILL) -> dict:
+    metrics = texture_task(params.texture, curated, captions, renders, Path(out_dir) / "objects", distill_root,
+                           Path(out_dir) / "distilled")
     write_json_atomic(Path(out_dir) / "metrics.json", metrics)
     c = metrics["consistency"]
     get_run_logger().info("overlap PSNR: CAA %.2f dB vs independent %.2f dB over %d objects",

@@ -246,3 +246,19 @@ def test_baking_recovers_a_position_coloured_sphere_and_respects_occlusion():
     assert err[~baked.seen].max() < 0.5                 # filled from neighbours, not left black
     with pytest.raises(ValueError, match="4 images, 3 depth maps"):
         bake_vertex_colours(mesh.vertices, mesh.vertex_normals, mesh.faces, np.stack(images), depths[:3], cams, 0.02)
+
+
+def test_caa_training_timesteps_shared_per_set_unless_independent():
+    from dreamline.texturing.training import caa_noise
+    from dreamline.training.objectives import DenoiseBatch
+
+    batch = DenoiseBatch(torch.zeros(64 * 4, 3, 2, 2), torch.zeros(64 * 4, 1, 4), None, None, 4)
+    noise, t = caa_noise(batch, 1000, 200, 0.0, torch.Generator().manual_seed(0))
+    sets = t.reshape(64, 4)
+    assert noise.shape == batch.latents.shape and (sets == sets[:, :1]).all() and t.min() >= 200
+    _, t = caa_noise(batch, 1000, 0, 1.0, torch.Generator().manual_seed(0))
+    sets = t.reshape(64, 4)
+    assert (sets != sets[:, :1]).any(1).float().mean() > 0.9    # each view its own draw
+    _, t = caa_noise(batch, 1000, 0, 0.5, torch.Generator().manual_seed(0))
+    mixed = (t.reshape(64, 4) != t.reshape(64, 4)[:, :1]).any(1).float().mean()
+    assert 0.25 < mixed < 0.75

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dreamline.evaluation.metrics import (bootstrap_ci, clip_score, frechet_distance, inception_score,
-                                          r_precision, retrieval_ranks)
+                                          kernel_distance, r_precision, retrieval_ranks)
 
 
 def test_r_precision_perfect_and_random_models():
@@ -37,6 +37,21 @@ def test_fid_self_is_zero_and_shift_is_large():
     shifted = b + 2.0
     same = frechet_distance(a, b)
     assert same < 1.0 and frechet_distance(a, shifted) > 16 * 4 * 0.9   # |mu diff|^2 = 64
+
+
+def test_kid_is_unbiased_at_small_n_where_fid_is_not():
+    """32 samples of 256-d features from the SAME distribution as 144 references: KID is
+    about 0 (unbiased), FID is large (its covariance term is singular and biased at this n);
+    a mean shift moves KID well away from its same-distribution spread."""
+    rng = np.random.default_rng(2)
+    ref = rng.normal(size=(144, 256))
+    same = [kernel_distance(rng.normal(size=(32, 256)), ref) for _ in range(20)]
+    shifted = kernel_distance(rng.normal(size=(32, 256)) + 0.5, ref)
+    assert abs(np.mean(same)) < 3 * np.std(same) / np.sqrt(len(same))
+    assert shifted > np.mean(same) + 10 * np.std(same)
+    assert frechet_distance(rng.normal(size=(32, 256)), ref) > 100
+    with pytest.raises(ValueError, match="2 samples"):
+        kernel_distance(ref[:1], ref)
 
 
 def test_inception_score_extremes():

@@ -283,8 +283,20 @@ def test_mvdiffusion_stages_end_to_end(tiny):
     assert pipe.caa is not None and len(pipe.caa.blocks) == 2 * 2 + 1
 
     tiny.stage("train_evaluator")
+    # A distilled asset as the distill stage writes it: a vertex-coloured mesh.glb + summary.json.
+    asset = root / "data/distill/a-box"
+    asset.mkdir(parents=True, exist_ok=True)
+    box = trimesh.creation.box((0.6, 0.4, 0.5))
+    box.visual.vertex_colors = [200, 40, 40, 255]
+    box.export(asset / "mesh.glb")
+    (asset / "summary.json").write_text(json.dumps({"prompt": "a red box"}))
     tiny.stage("texture")
     m = json.loads((root / "data/texture/metrics.json").read_text())
+    d = m["distilled"]
+    assert [a["asset"] for a in d["assets"]] == ["a-box"] and d["n_captions"] >= 2
+    assert set(d["r_precision"]) == {"textured", "distilled_colours", "untextured"}
+    assert trimesh.load(root / d["assets"][0]["glb"], force="mesh").visual.kind == "vertex"
+    assert all(v["KID"] == v["KID"] for k, v in m["image_quality"].items() if k != "real")
     assert m["objects"] == 2 and set(m["consistency"]) == {"caa", "independent", "caa_minus_independent"}
     assert set(m["image_quality"]) == {"real", "caa", "independent"}
     assert set(m["r_precision"]) == {"textured", "untextured", "own_colours"}

@@ -59,6 +59,20 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2.0 * np.trace(covmean))
 
 
+def kernel_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
+    """KID: the unbiased MMD^2 between two feature sets under the cubic polynomial kernel
+    k(x, y) = (x.y / d + 1)^3. Unlike FID it has no bias in the sample count, so it stays
+    meaningful when a set has fewer samples than feature dimensions."""
+    a, b = np.asarray(feats_a, dtype=np.float64), np.asarray(feats_b, dtype=np.float64)
+    m, n = len(a), len(b)
+    if m < 2 or n < 2:
+        raise ValueError("KID needs at least 2 samples per set")
+    d = a.shape[1]
+    k_aa, k_bb, k_ab = ((a @ a.T) / d + 1) ** 3, ((b @ b.T) / d + 1) ** 3, ((a @ b.T) / d + 1) ** 3
+    return float((k_aa.sum() - np.trace(k_aa)) / (m * (m - 1)) + (k_bb.sum() - np.trace(k_bb)) / (n * (n - 1))
+                 - 2.0 * k_ab.mean())
+
+
 def inception_score(probs: np.ndarray, splits: int = 1) -> tuple[float, float]:
     """exp(E_x KL(p(y|x) || p(y))) from class posteriors (N, C); mean and std over splits."""
     p = np.asarray(probs, dtype=np.float64)

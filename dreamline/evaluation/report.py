@@ -133,9 +133,18 @@ def texture_section(path: Path) -> list[str]:
     s.append(table([{"variant": k, "PSNR": v["psnr"], "ci95": v.get("psnr_ci95") or v.get("ci95"),
                      "objects": v.get("n_objects")} for k, v in c.items()], ["variant", "PSNR", "ci95", "objects"]))
     s.append(table([{"variant": k, **v} for k, v in t["image_quality"].items()],
-                   ["variant", "n", "FID", "IS", "clip_score", "clip_score_ci95"]))
-    s.append(table([{"renders": k, **v} for k, v in t["r_precision"].items()],
-                   ["renders", "n_images", "n_units", "n_captions", "R@1", "R@1_ci95", "R@5", "R@5_ci95"]))
+                   ["variant", "n", "FID", "KID", "IS", "clip_score", "clip_score_ci95"]))
+    rp_cols = ["renders", "n_images", "n_units", "n_captions", "R@1", "R@1_ci95", "R@5", "R@5_ci95"]
+    s.append(table([{"renders": k, **v} for k, v in t["r_precision"].items()], rp_cols))
+    d = t.get("distilled") or {}
+    if d.get("consistency"):
+        s.append("<h3>Distilled shapes, textured</h3><p class='note'>Each distilled asset's mesh textured with "
+                 "its prompt; R-precision of the MVDiffusion texture vs the colours distillation gave it vs the "
+                 f"grey shape, among {d['n_captions']} captions (test captions + prompts).</p>")
+        s.append(table([{"variant": k, "PSNR": v["psnr"], "ci95": v.get("psnr_ci95") or v.get("ci95"),
+                         "objects": v.get("n_objects", v.get("n"))} for k, v in d["consistency"].items()],
+                       ["variant", "PSNR", "ci95", "objects"]))
+        s.append(table([{"renders": k, **v} for k, v in d["r_precision"].items()], rp_cols))
     for row in t.get("objects_table", [])[:4]:
         grid = Path(row["glb"]).parent / "views.png"
         if grid.exists():

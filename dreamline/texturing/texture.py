@@ -5,9 +5,14 @@ orbit cameras, generate N views with the trained CAA model and, from the same in
 noise, with CAA switched off (each view alone: the baseline), measure the overlap PSNR of
 neighbouring views through the depth correspondences (MVDiffusion's consistency measure),
 bake the CAA views onto the mesh's vertices and export a coloured GLB. Over all objects:
-FID / IS / CLIP score of both variants against the real test renders, and R-precision of
-the textured GLB's renders next to the same shape untextured (grey) and with its own
-colours (the ceiling), with every test caption as the caption set.
+FID / KID / IS / CLIP score of both variants against the real test renders, and
+R-precision of the textured GLB's renders next to the same shape untextured (grey) and with
+its own colours (the ceiling), with every test caption as the caption set.
+
+Distilled shapes (the distill stage's `mesh.glb`, their prompt as the prompt) are textured
+the same way; their R-precision rows compare the MVDiffusion texture with the colours the
+distillation gave the asset and with the grey shape, against the test captions plus the
+distillation prompts.
 """
 from __future__ import annotations
 
@@ -86,12 +91,81 @@ def texture_object(pipe, mesh, prompt: str, p: TextureParams, out: Path) -> dict
     return row, images, textured
 
 
-def texture(p: TextureParams, curated: Path, captions: Path, renders: Path, out_dir: Path, log=print) -> dict:
+def distilled_meshes(root: Path) -> list[tuple[Path, str]]:
+    """(folder, prompt) of each distilled asset with an exported mesh, in name order."""
+    import json
+
+    out = []
+    for mesh in sorted(Path(root).glob("*/mesh.glb")) if Path(root).exists() else []:
+        summary = mesh.parent / "summary.json"
+        if summary.exists():
+            out.append((mesh.parent, json.loads(summary.read_text())["prompt"]))
+    return out
+
+
+def _psnr_summary(rows: list[dict], p: TextureParams) -> dict:
+    """Mean overlap PSNR per variant over objects, and the paired CAA - independent difference."""
+    from dreamline.evaluation.metrics import bootstrap_ci
+
+    out = {}
+    for name in ("caa", "independent"):
+        vals = np.array([r[f"psnr_{name}"] for r in rows if r[f"psnr_{name}"] is not None])
+        lo, hi = bootstrap_ci(vals, n_resamples=p.bootstrap, seed=p.seed) if len(vals) > 1 else (None, None)
+        out[name] = {"psnr": round(float(vals.mean()), 3) if len(vals) else None, "psnr_ci95": [lo, hi],
+                     "n_objects": len(vals)}
+    diff = np.array([r["psnr_caa"] - r["psnr_independent"] for r in rows
+                     if r["psnr_caa"] is not None and r["psnr_independent"] is not None])
+    lo, hi = bootstrap_ci(diff, n_resamples=p.bootstrap, seed=p.seed) if len(diff) > 1 else (None, None)
+    out["caa_minus_independent"] = {"psnr": round(float(diff.mean()), 3) if len(diff) else None, "ci95": [lo, hi],
+                                    "higher": int((diff > 0).sum()), "n": int(len(diff))}
+    return out
+
+
+def texture_distilled(pipe, p: TextureParams, folders: list[tuple[Path, str]], out_dir: Path, evaluator,
+                      texts: list[str], log=print) -> dict:
+    """Texture each distilled shape with its prompt; PSNR table and R-precision of its renders
+    (MVDiffusion texture vs the distillation's own colours vs grey) among `texts`."""
+    import trimesh
+
+    from dreamline.evaluation.evaluate import _rp_row
+
+    text_emb = evaluator.embed_texts(texts)
+    index = {t: i for i, t in enumerate(texts)}
+    rows, renders_by, units, true = [], {"textured": [], "distilled_colours": [], "untextured": []}, [], []
+    for k, (folder, prompt) in enumerate(folders):
+        mesh = trimesh.load(folder / "mesh.glb", force="mesh", process=False)
+        if len(mesh.faces) == 0:
+            rows.append({"asset": folder.name, "prompt": prompt, "skipped": "empty mesh"})
+            continue
+        row, _, textured = texture_object(pipe, mesh, prompt, p, Path(out_dir) / folder.name)
+        row["asset"] = folder.name
+        radius = float(np.linalg.norm(mesh.vertices, axis=1).max())
+        cams = orbit(p.eval_azimuths, p.eval_elevation_deg, p.fov_deg, p.eval_resolution, radius, start=22.5)
+        for name, m, colours in (("textured", textured, True), ("distilled_colours", mesh, True),
+                                 ("untextured", mesh, False)):
+            renders_by[name].append(_renders(m, cams, colours))
+        units += [k] * p.eval_azimuths
+        true += [index[prompt]] * p.eval_azimuths
+        rows.append(row)
+        log(f"texture distilled {folder.name}: PSNR caa {row['psnr_caa']} vs independent "
+            f"{row['psnr_independent']}, coverage {row['coverage']}")
+    done = [r for r in rows if "skipped" not in r]
+    out = {"assets": rows, "n_captions": len(texts)}
+    if done:
+        out["consistency"] = _psnr_summary(done, p)
+        out["r_precision"] = {name: _rp_row(evaluator.embed_images(torch.cat(ims)), text_emb, np.array(true),
+                                            np.array(units), p) for name, ims in renders_by.items()}
+    return out
+
+
+def texture(p: TextureParams, curated: Path, captions: Path, renders: Path, out_dir: Path, log=print,
+            distill_root: Path | None = None, distilled_out: Path | None = None) -> dict:
     import trimesh
 
     from dreamline.evaluation.evaluate import _rp_row
     from dreamline.evaluation.evaluator import load_evaluator
-    from dreamline.evaluation.metrics import bootstrap_ci, clip_score, frechet_distance, inception_score
+    from dreamline.evaluation.metrics import (bootstrap_ci, clip_score, frechet_distance, inception_score,
+                                              kernel_distance)
     from dreamline.evaluation.towers import FEATURE_NET, EfficientNetLite0
     from dreamline.evaluation.train_evaluator import real_views
     from dreamline.texturing.pipeline import MVDiffusionPipeline
@@ -132,14 +206,7 @@ def texture(p: TextureParams, curated: Path, captions: Path, renders: Path, out_
 
     metrics = {"evaluator": evaluator.name, "feature_net": FEATURE_NET, "objects": len(rows), "views": p.views,
                "consistency": {}, "image_quality": {}, "r_precision": {}}
-    for name in ("caa", "independent"):
-        vals = np.array([r[f"psnr_{name}"] for r in rows if r[f"psnr_{name}"] is not None])
-        lo, hi = bootstrap_ci(vals, n_resamples=p.bootstrap, seed=p.seed) if len(vals) > 1 else (None, None)
-        metrics["consistency"][name] = {"psnr": round(float(vals.mean()), 3), "psnr_ci95": [lo, hi], "n_objects": len(vals)}
-    diff = np.array([r["psnr_caa"] - r["psnr_independent"] for r in rows
-                     if r["psnr_caa"] is not None and r["psnr_independent"] is not None])
-    lo, hi = bootstrap_ci(diff, n_resamples=p.bootstrap, seed=p.seed) if len(diff) > 1 else (None, None)
-    metrics["consistency"]["caa_minus_independent"] = {"psnr": round(float(diff.mean()), 3), "ci95": [lo, hi]}
+    metrics["consistency"] = _psnr_summary(rows, p)
 
     features = evaluator.images if isinstance(getattr(evaluator, "images", None), EfficientNetLite0) else EfficientNetLite0()
     _, real = real_views(renders, captions, p.resolution, "test", kinds=("mv",))
@@ -153,11 +220,17 @@ def texture(p: TextureParams, curated: Path, captions: Path, renders: Path, out_
         per = clip_score(evaluator.embed_images(images), np.repeat(cap_emb, p.views, axis=0)).reshape(-1, p.views).mean(1)
         lo, hi = bootstrap_ci(per, n_resamples=p.bootstrap, seed=p.seed) if len(per) > 1 else (None, None)
         metrics["image_quality"][name] = {"n": int(len(images)), "FID": round(frechet_distance(feats, real_feats), 3),
+                                          "KID": round(kernel_distance(feats, real_feats), 4),
                                           "IS": round(inception_score(probs)[0], 4),
                                           "clip_score": round(float(per.mean()), 3), "clip_score_ci95": [lo, hi]}
     for name, ims in renders_by.items():
         metrics["r_precision"][name] = _rp_row(evaluator.embed_images(torch.cat(ims)), text_emb, np.array(true),
                                                np.array(units), p)
     metrics["objects_table"] = rows
+    if p.distilled and distill_root is not None:
+        folders = distilled_meshes(distill_root)
+        prompts = sorted({prompt for _, prompt in folders})
+        metrics["distilled"] = texture_distilled(pipe, p, folders, distilled_out or Path(out_dir).parent / "distilled",
+                                                 evaluator, sorted(set(texts) | set(prompts)), log)
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     return metrics

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dreamline.config import TrainCAAParams, TrainDepthParams
 from dreamline.rendering.cameras import Camera
@@ -25,7 +24,8 @@ from dreamline.training.common import (fresh_folder, file_digest, load_base_pipe
 from dreamline.training.data import choose_captions, load_views, view_sets
 # The multi-view stage's helpers: views over white through the codec, and the text bank.
 from dreamline.training.multiview import _bank, _encode
-from dreamline.training.objectives import comparison_table, target_for
+from dreamline.training.objectives import (DenoiseBatch, comparison_table, denoise_loss, draw_noise,
+                                           paired_heldout_losses, training_loss)
 from dreamline.texturing.correspondence import Correspondences, correspondences, depth_at
 
 
@@ -44,35 +44,6 @@ def view_depths(renders_root: Path, rows, resolution: int) -> np.ndarray:
 def view_cameras(rows) -> list[Camera]:
     return [Camera(np.asarray(r.c2w, dtype=np.float64).reshape(4, 4), float(r.fov_deg), int(r.width), int(r.height))
             for r in rows.itertuples()]
-
-
-def conditioned_loss(unet, scheduler, latents, depth, states, mask, noise, t, reduction: str = "mean"):
-    z_t = scheduler.add_noise(latents, noise, t)
-    pred = unet(torch.cat([z_t, depth], 1), t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
-    err = F.mse_loss(pred.float(), target_for(scheduler, latents, noise, t).float(), reduction="none").flatten(1).mean(1)
-    return err.mean() if reduction == "mean" else err
-
-
-@torch.no_grad()
-def paired_losses(variants: dict, scheduler, latents: torch.Tensor, timesteps: int, seed: int, unit: int,
-                  chunk: int = 64) -> dict:
-    """Held-out loss of each variant (a function (z, noise, t) -> per-image loss) on the SAME
-    noise at `timesteps` evenly spaced t; units = `unit` consecutive images (a view set) over t."""
-    n = len(latents)
-    ts = torch.linspace(0, scheduler.config.num_train_timesteps - 1, timesteps).round().long()
-    g = torch.Generator().manual_seed(seed)
-    noises = [torch.randn(latents.shape, generator=g) for _ in ts]
-    out = {}
-    for name, fn in variants.items():
-        items = torch.zeros(len(ts), n)
-        for k, t in enumerate(ts):
-            for s in range(0, n, chunk):
-                sl = slice(s, min(n, s + chunk))
-                items[k, sl] = fn(sl, noises[k][sl], t.repeat(sl.stop - sl.start))
-        out[name] = {"loss": float(items.mean()), "items": items.flatten(),
-                     "units": items.reshape(len(ts), n // unit, unit).mean((0, 2)),
-                     "per_timestep": {int(t): float(items[k].mean()) for k, t in enumerate(ts)}}
-    return out
 
 
 def train_depth(p: TrainDepthParams, renders_root: Path, captions_path: Path, out_dir: Path, work_dir: Path,
@@ -100,13 +71,10 @@ def train_depth(p: TrainDepthParams, renders_root: Path, captions_path: Path, ou
         idx = batch_indices(seed, step, len(train), bs)
         rng = np.random.default_rng([seed, step, 17])
         states, mask = bank.lookup(choose_captions(train.rows.iloc[idx], rng, p.original_text_prob, p.caption_dropout))
-        return _encode(base, train, idx), train_depths[torch.as_tensor(idx)], states, mask
+        return DenoiseBatch(_encode(base, train, idx), states, mask, None, cond=train_depths[torch.as_tensor(idx)])
 
     def loss_fn(model, batch, g):
-        latents, depth, states, mask = batch
-        noise = torch.randn(latents.shape, generator=g)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=g)
-        return conditioned_loss(model, scheduler, latents, depth, states, mask, noise, t)
+        return training_loss(model, scheduler, batch, g)
 
     key = run_key(p, renders_digest(renders_root), file_digest(captions_path), file_digest(Path(p.base_model)))
     trainer = Trainer(unet, p.train, work_dir, make_batch, loss_fn, samples_per_step=bs, run_key=key)
@@ -120,13 +88,15 @@ def train_depth(p: TrainDepthParams, renders_root: Path, captions_path: Path, ou
     other = torch.roll(val_depths, len(val) // 2, dims=0)
     none = torch.full_like(val_depths, -1.0)
 
-    def variant(depth):
-        return lambda sl, noise, t: conditioned_loss(unet, scheduler, latents[sl], depth[sl], states[sl],
-                                                     None if mask is None else mask[sl], noise, t, "none")
+    def variant(depth, chunk: int = 64):
+        return unet, [DenoiseBatch(latents[s:s + chunk], states[s:s + chunk],
+                                   None if mask is None else mask[s:s + chunk], None, cond=depth[s:s + chunk])
+                      for s in range(0, len(latents), chunk)]
 
-    heldout = comparison_table(paired_losses({"own_depth": variant(val_depths), "other_object_depth": variant(other),
-                                              "no_depth": variant(none)}, scheduler, latents, p.eval_timesteps,
-                                             seed, 1), "own_depth", seed)
+    heldout = comparison_table(paired_heldout_losses({"own_depth": variant(val_depths),
+                                                      "other_object_depth": variant(other),
+                                                      "no_depth": variant(none)}, scheduler, p.eval_timesteps, seed),
+                               "own_depth", seed)
     pipe = MVDiffusionPipeline(unet=unet, vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
                                scheduler=base.scheduler, caa=None, max_tokens=max_tokens)
     folder = fresh_folder(out_dir)
@@ -136,6 +106,19 @@ def train_depth(p: TrainDepthParams, renders_root: Path, captions_path: Path, ou
     write_summary(folder, summary)
     replace_folder(folder, out_dir)
     return summary
+
+
+def caa_noise(batch: DenoiseBatch, num_train_timesteps: int, min_timestep: int, independent: float,
+              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise and timesteps for a CAA batch: t in [min_timestep, T), shared by a set's views
+    (MVDiffusion), except in a share `independent` of the sets, where each view draws its own."""
+    n = batch.num_views
+    noise, t = draw_noise(batch, num_train_timesteps, generator, (min_timestep, num_train_timesteps))
+    if independent > 0:
+        own = torch.randint(min_timestep, num_train_timesteps, t.shape, generator=generator)
+        mixed = (torch.rand(len(t) // n, generator=generator) < independent).repeat_interleave(n)
+        t = torch.where(mixed, own, t)
+    return noise, t
 
 
 def set_geometry(renders_root: Path, table, sets: np.ndarray, res: int, sizes, depth_tol: float):
@@ -193,15 +176,13 @@ def train_caa(p: TrainCAAParams, renders_root: Path, captions_path: Path, out_di
         texts = choose_captions(train.rows.iloc[train_sets[chosen, 0]], rng, p.original_text_prob, p.caption_dropout)
         states, mask = bank.lookup([t for t in texts for _ in range(n)])
         idx = train_sets[chosen].reshape(-1)
-        return (_encode(pipe, train, idx), train_cond[torch.as_tensor(idx)], states, mask,
-                batch_geometry(train_geo, chosen))
+        geo = batch_geometry(train_geo, chosen)
+        return DenoiseBatch(_encode(pipe, train, idx), states, mask, None, n, cond=train_cond[torch.as_tensor(idx)],
+                            scope=lambda: caa.correspondences(geo, n))
 
     def loss_fn(model, batch, g):
-        latents, depth, states, mask, geo = batch
-        noise = torch.randn(latents.shape, generator=g)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents) // n,), generator=g).repeat_interleave(n)
-        with model.correspondences(geo, n):
-            return conditioned_loss(unet, scheduler, latents, depth, states, mask, noise, t)
+        noise, t = caa_noise(batch, scheduler.config.num_train_timesteps, p.min_timestep, p.independent_timesteps, g)
+        return denoise_loss(unet, scheduler, batch, noise, t)
 
     key = run_key(p, renders_digest(renders_root), file_digest(captions_path), file_digest(Path(p.depth_model)))
     trainer = Trainer(caa, p.train, work_dir, make_batch, loss_fn, samples_per_step=bs * n, run_key=key)
@@ -214,16 +195,17 @@ def train_caa(p: TrainCAAParams, renders_root: Path, captions_path: Path, out_di
     states, mask = val_bank.lookup([val.rows["caption"].iloc[s[0]] for s in val_sets for _ in range(n)])
     cond = val_cond[torch.as_tensor(vidx)]
 
-    def variant(on: bool):
-        def fn(sl, noise, t):
-            sets = np.arange(sl.start // n, sl.stop // n)
-            with caa.correspondences(batch_geometry(val_geo, sets), n) if on else caa.off():
-                return conditioned_loss(unet, scheduler, latents[sl], cond[sl], states[sl],
-                                        None if mask is None else mask[sl], noise, t, "none")
-        return fn
+    def variant(on: bool, chunk: int = 16):
+        batches = []
+        for s in range(0, len(val_sets), chunk):
+            sl, geo = slice(s * n, (s + chunk) * n), batch_geometry(val_geo, np.arange(s, min(s + chunk, len(val_sets))))
+            scope = (lambda geo=geo: caa.correspondences(geo, n)) if on else caa.off
+            batches.append(DenoiseBatch(latents[sl], states[sl], None if mask is None else mask[sl], None, n,
+                                        cond=cond[sl], scope=scope))
+        return unet, batches
 
-    heldout = comparison_table(paired_losses({"caa": variant(True), "caa_off": variant(False)}, scheduler, latents,
-                                             p.eval_timesteps, seed, n, chunk=16 * n), "caa", seed)
+    heldout = comparison_table(paired_heldout_losses({"caa": variant(True), "caa_off": variant(False)}, scheduler,
+                                                     p.eval_timesteps, seed, n), "caa", seed)
     heldout["_sets"] = int(len(val_sets))
     for h in handles:
         h.remove()

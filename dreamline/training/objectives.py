@@ -1,11 +1,14 @@
 """The denoising objective every training stage minimises, and its held-out evaluation.
 
 One function serves the base model (F = 1, no camera), the multi-view model (F views of an
-object share a timestep, cameras on, joint attention) and the AGP model (F = 1, camera on).
+object share a timestep, cameras on, joint attention), the AGP model (F = 1, camera on) and
+MVDiffusion's depth model (extra input channels) with its CAA blocks (a scope around the call).
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Callable, ContextManager
 
 import torch
 import torch.nn.functional as F
@@ -18,14 +21,18 @@ class DenoiseBatch:
     mask: torch.Tensor | None         # (B*F, L) attention mask of the text tokens
     cameras: torch.Tensor | None      # (B*F, 16) or None: camera embedding off
     num_views: int = 1                # F; 1 = per-view self-attention
+    cond: torch.Tensor | None = None  # (B*F, C', h, w) extra input channels after z_t (MVDiffusion's depth)
+    scope: Callable[[], ContextManager] | None = None   # entered around the UNet call (CAA's correspondences)
 
 
 def unet_forward(unet, z_t: torch.Tensor, t: torch.Tensor, batch: DenoiseBatch) -> torch.Tensor:
     kwargs = {}
     if _has_multiview(unet):
         kwargs["cross_attention_kwargs"] = {"num_views": batch.num_views}
-    return unet(z_t, t, encoder_hidden_states=batch.states, encoder_attention_mask=batch.mask,
-                class_labels=batch.cameras, **kwargs).sample
+    x = z_t if batch.cond is None else torch.cat([z_t, batch.cond.to(z_t.dtype)], dim=1)
+    with batch.scope() if batch.scope is not None else nullcontext():
+        return unet(x, t, encoder_hidden_states=batch.states, encoder_attention_mask=batch.mask,
+                    class_labels=batch.cameras, **kwargs).sample
 
 
 def _has_multiview(unet) -> bool:
@@ -60,8 +67,9 @@ def denoise_loss(unet, scheduler, batch: DenoiseBatch, noise: torch.Tensor, t: t
     return per_image.mean() if reduction == "mean" else per_image
 
 
-def training_loss(unet, scheduler, batch: DenoiseBatch, generator: torch.Generator) -> torch.Tensor:
-    noise, t = draw_noise(batch, scheduler.config.num_train_timesteps, generator)
+def training_loss(unet, scheduler, batch: DenoiseBatch, generator: torch.Generator,
+                  t_range: tuple[int, int] | None = None) -> torch.Tensor:
+    noise, t = draw_noise(batch, scheduler.config.num_train_timesteps, generator, t_range)
     return denoise_loss(unet, scheduler, batch, noise, t)
 
 
