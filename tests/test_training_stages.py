@@ -296,7 +296,7 @@ def test_mvdiffusion_stages_end_to_end(tiny):
     assert [a["asset"] for a in d["assets"]] == ["a-box"] and d["n_captions"] >= 2
     assert set(d["r_precision"]) == {"textured", "distilled_colours", "untextured"}
     assert trimesh.load(root / d["assets"][0]["glb"], force="mesh").visual.kind == "vertex"
-    assert all(v["KID"] == v["KID"] for k, v in m["image_quality"].items() if k != "real")
+    assert all(math.isfinite(v["KID"]) for k, v in m["image_quality"].items() if k != "real")
     assert m["objects"] == 2 and set(m["consistency"]) == {"caa", "independent", "caa_minus_independent"}
     assert set(m["image_quality"]) == {"real", "caa", "independent"}
     assert set(m["r_precision"]) == {"textured", "untextured", "own_colours"}

@@ -6,8 +6,9 @@ noise, with CAA switched off (each view alone: the baseline), measure the overla
 neighbouring views through the depth correspondences (MVDiffusion's consistency measure),
 bake the CAA views onto the mesh's vertices and export a coloured GLB. Over all objects:
 FID / KID / IS / CLIP score of both variants against the real test renders, and
-R-precision of the textured GLB's renders next to the same shape untextured (grey) and with
-its own colours (the ceiling), with every test caption as the caption set.
+R-precision of renders of the textured GLB as loaded back from disk, next to the same
+shape untextured (grey) and with its own colours (the ceiling), with every test caption as
+the caption set.
 
 Distilled shapes (the distill stage's `mesh.glb`, their prompt as the prompt) are textured
 the same way; their R-precision rows compare the MVDiffusion texture with the colours the
@@ -60,7 +61,11 @@ def _renders(mesh, cams, colours: bool) -> np.ndarray:
     return torch.from_numpy(rgb).permute(0, 3, 1, 2)
 
 
-def texture_object(pipe, mesh, prompt: str, p: TextureParams, out: Path) -> dict:
+def texture_object(pipe, mesh, prompt: str, p: TextureParams, out: Path, reference: str) -> tuple[dict, dict, dict]:
+    """Generate the views (with CAA and each alone), bake the CAA views, write the GLB and load
+    it back. Returns the row (PSNRs, coverage, glb), the masked views by variant, and the
+    evaluation renders of the GLB as loaded ("textured"), the mesh with the colours it came
+    with (`reference`) and the grey shape ("untextured")."""
     import trimesh
 
     from dreamline.models.grid import grid_image
@@ -88,7 +93,21 @@ def texture_object(pipe, mesh, prompt: str, p: TextureParams, out: Path) -> dict
     write_glb(textured, out / "mesh.glb")
     grid_image(np.concatenate([images["caa"], images["independent"]]), nrow=p.views).save(out / "views.png")
     row.update(coverage=round(baked.coverage, 4), glb=str(out / "mesh.glb"))
-    return row, images, textured
+    # What the evaluator sees is the file a user gets, not the mesh still in memory.
+    loaded = trimesh.load(out / "mesh.glb", force="mesh", process=False)
+    eval_cams = orbit(p.eval_azimuths, p.eval_elevation_deg, p.fov_deg, p.eval_resolution, radius, start=22.5)
+    renders = {"textured": _renders(loaded, eval_cams, True), reference: _renders(mesh, eval_cams, True),
+               "untextured": _renders(mesh, eval_cams, False)}
+    return row, images, renders
+
+
+def _rank_renders(evaluator, renders_by: dict, text_emb: np.ndarray, true: list[int], units: list[int],
+                  p: TextureParams) -> dict:
+    """R-precision row per render kind; `true` and `units` per render, in concatenation order."""
+    from dreamline.evaluation.evaluate import _rp_row
+
+    return {name: _rp_row(evaluator.embed_images(torch.cat(ims)), text_emb, np.array(true), np.array(units), p)
+            for name, ims in renders_by.items()}
 
 
 def distilled_meshes(root: Path) -> list[tuple[Path, str]]:
@@ -127,8 +146,6 @@ def texture_distilled(pipe, p: TextureParams, folders: list[tuple[Path, str]], o
     (MVDiffusion texture vs the distillation's own colours vs grey) among `texts`."""
     import trimesh
 
-    from dreamline.evaluation.evaluate import _rp_row
-
     text_emb = evaluator.embed_texts(texts)
     index = {t: i for i, t in enumerate(texts)}
     rows, renders_by, units, true = [], {"textured": [], "distilled_colours": [], "untextured": []}, [], []
@@ -137,13 +154,10 @@ def texture_distilled(pipe, p: TextureParams, folders: list[tuple[Path, str]], o
         if len(mesh.faces) == 0:
             rows.append({"asset": folder.name, "prompt": prompt, "skipped": "empty mesh"})
             continue
-        row, _, textured = texture_object(pipe, mesh, prompt, p, Path(out_dir) / folder.name)
+        row, _, shown = texture_object(pipe, mesh, prompt, p, Path(out_dir) / folder.name, "distilled_colours")
         row["asset"] = folder.name
-        radius = float(np.linalg.norm(mesh.vertices, axis=1).max())
-        cams = orbit(p.eval_azimuths, p.eval_elevation_deg, p.fov_deg, p.eval_resolution, radius, start=22.5)
-        for name, m, colours in (("textured", textured, True), ("distilled_colours", mesh, True),
-                                 ("untextured", mesh, False)):
-            renders_by[name].append(_renders(m, cams, colours))
+        for name, ims in shown.items():
+            renders_by[name].append(ims)
         units += [k] * p.eval_azimuths
         true += [index[prompt]] * p.eval_azimuths
         rows.append(row)
@@ -153,8 +167,7 @@ def texture_distilled(pipe, p: TextureParams, folders: list[tuple[Path, str]], o
     out = {"assets": rows, "n_captions": len(texts)}
     if done:
         out["consistency"] = _psnr_summary(done, p)
-        out["r_precision"] = {name: _rp_row(evaluator.embed_images(torch.cat(ims)), text_emb, np.array(true),
-                                            np.array(units), p) for name, ims in renders_by.items()}
+        out["r_precision"] = _rank_renders(evaluator, renders_by, text_emb, true, units, p)
     return out
 
 
@@ -162,7 +175,6 @@ def texture(p: TextureParams, curated: Path, captions: Path, renders: Path, out_
             distill_root: Path | None = None, distilled_out: Path | None = None) -> dict:
     import trimesh
 
-    from dreamline.evaluation.evaluate import _rp_row
     from dreamline.evaluation.evaluator import load_evaluator
     from dreamline.evaluation.metrics import (bootstrap_ci, clip_score, frechet_distance, inception_score,
                                               kernel_distance)
@@ -190,14 +202,12 @@ def texture(p: TextureParams, curated: Path, captions: Path, renders: Path, out_
     units, true = [], []
     for k, r in enumerate(chosen.itertuples()):
         mesh = trimesh.load(Path(curated) / r.mesh_path, force="mesh", process=False)
-        row, images, textured = texture_object(pipe, mesh, r.caption, p, Path(out_dir) / r.uid)
+        row, images, shown = texture_object(pipe, mesh, r.caption, p, Path(out_dir) / r.uid, "own_colours")
         row["uid"] = r.uid
         for name in generated:
             generated[name].append(torch.from_numpy(images[name]).permute(0, 3, 1, 2).float())
-        radius = float(np.linalg.norm(mesh.vertices, axis=1).max())
-        eval_cams = orbit(p.eval_azimuths, p.eval_elevation_deg, p.fov_deg, p.eval_resolution, radius, start=22.5)
-        for name, m, colours in (("textured", textured, True), ("untextured", mesh, False), ("own_colours", mesh, True)):
-            renders_by[name].append(_renders(m, eval_cams, colours))
+        for name, ims in shown.items():
+            renders_by[name].append(ims)
         units += [k] * p.eval_azimuths
         true += [index[r.caption]] * p.eval_azimuths
         rows.append(row)
@@ -205,8 +215,7 @@ def texture(p: TextureParams, curated: Path, captions: Path, renders: Path, out_
             f"{row['psnr_independent']}, coverage {row['coverage']}")
 
     metrics = {"evaluator": evaluator.name, "feature_net": FEATURE_NET, "objects": len(rows), "views": p.views,
-               "consistency": {}, "image_quality": {}, "r_precision": {}}
-    metrics["consistency"] = _psnr_summary(rows, p)
+               "consistency": _psnr_summary(rows, p), "image_quality": {}}
 
     features = evaluator.images if isinstance(getattr(evaluator, "images", None), EfficientNetLite0) else EfficientNetLite0()
     _, real = real_views(renders, captions, p.resolution, "test", kinds=("mv",))
@@ -223,9 +232,7 @@ def texture(p: TextureParams, curated: Path, captions: Path, renders: Path, out_
                                           "KID": round(kernel_distance(feats, real_feats), 4),
                                           "IS": round(inception_score(probs)[0], 4),
                                           "clip_score": round(float(per.mean()), 3), "clip_score_ci95": [lo, hi]}
-    for name, ims in renders_by.items():
-        metrics["r_precision"][name] = _rp_row(evaluator.embed_images(torch.cat(ims)), text_emb, np.array(true),
-                                               np.array(units), p)
+    metrics["r_precision"] = _rank_renders(evaluator, renders_by, text_emb, true, units, p)
     metrics["objects_table"] = rows
     if p.distilled and distill_root is not None:
         folders = distilled_meshes(distill_root)

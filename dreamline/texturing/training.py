@@ -5,7 +5,8 @@ so training starts from the base), trained on single train-split views. Held out
 with each view's own depth, another object's depth, and no depth, on the same noise.
 
 train_caa: CAA blocks after every block of the frozen depth model, trained on the MVDream
-view sets (N views of one object, one timestep per set), each view's epsilon/v loss summed
+view sets (N views of one object, one timestep per set as MVDiffusion; `min_timestep` and
+`independent_timesteps` change that, see `caa_noise`), each view's epsilon/v loss summed
 over the set as MVDiffusion does (averaged here: a constant factor). Held out: val sets
 with CAA on vs off, same noise.
 """

@@ -67,9 +67,8 @@ def denoise_loss(unet, scheduler, batch: DenoiseBatch, noise: torch.Tensor, t: t
     return per_image.mean() if reduction == "mean" else per_image
 
 
-def training_loss(unet, scheduler, batch: DenoiseBatch, generator: torch.Generator,
-                  t_range: tuple[int, int] | None = None) -> torch.Tensor:
-    noise, t = draw_noise(batch, scheduler.config.num_train_timesteps, generator, t_range)
+def training_loss(unet, scheduler, batch: DenoiseBatch, generator: torch.Generator) -> torch.Tensor:
+    noise, t = draw_noise(batch, scheduler.config.num_train_timesteps, generator)
     return denoise_loss(unet, scheduler, batch, noise, t)
 
 
