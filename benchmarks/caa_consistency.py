@@ -71,6 +71,60 @@ def keyframe_views(pipe, prompt: str, depths, cams, use_caa: bool, steps: int, s
     return ((from_latent(pipe.vae, latents) + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
 
+def pooled_views(pipe, prompt: str, depths, cams, use_caa: bool, steps: int, seed: int, eta: float,
+                 window: tuple[int, int] = (0, 1000)):
+    """An oracle for what cross-view communication could buy with this base: every step's x0
+    estimate of each view is replaced, where other views see the same surface, by the mean of
+    its own and the others' estimates warped into it through depth (not learned, not CAA), at
+the steps whose t lies in `window` [lo, hi)."""
+    import numpy as np
+    import torch
+
+    from dreamline.models.codec import from_latent, to_latent
+    from dreamline.models.text import encode_text
+    from dreamline.rendering.reprojection import warp
+    from dreamline.texturing.depth import depth_condition, latent_channels
+
+    n, unet, sch = len(cams), pipe.unet, pipe.scheduler
+    g = torch.Generator().manual_seed(seed)
+    cond = depth_condition(depths, pipe.vae)
+    states, mask = encode_text(pipe.text_encoder, pipe.tokenizer, [prompt], pipe.config.max_tokens)
+    states = states.repeat_interleave(n, 0)
+    mask = None if mask is None else mask.repeat_interleave(n, 0)
+    latents = torch.randn((n, latent_channels(unet), cond.shape[-2], cond.shape[-1]), generator=g)
+    sch.set_timesteps(steps)
+    ac = sch.alphas_cumprod
+    handles = pipe.caa.attach(unet) if use_caa else []
+    try:
+        with torch.no_grad(), (pipe.caa.correspondences(pipe.geometry(depths, cams), n) if use_caa
+                               else pipe.caa.off()):
+            for t in sch.timesteps:
+                v = unet(torch.cat([latents, cond], 1), t, encoder_hidden_states=states,
+                         encoder_attention_mask=mask).sample
+                a, s = ac[t].sqrt(), (1 - ac[t]).sqrt()
+                x0 = (a * latents - s * v).clamp(-1, 1)
+                if not window[0] <= int(t) < window[1]:
+                    latents = sch.step(v, t, latents, eta=eta, generator=g).prev_sample
+                    continue
+                img = from_latent(pipe.vae, x0).permute(0, 2, 3, 1).numpy()
+                pooled = img.copy()
+                for i in range(n):
+                    total, count = img[i].astype(np.float64), np.ones(img.shape[1:3])
+                    for j in range(n):
+                        if j != i:
+                            w, ok = warp(img[j], depths[j], cams[j], depths[i], cams[i], 0.05, mode="nearest")
+                            total += np.where(ok[..., None], w, 0.0)
+                            count += ok
+                    pooled[i] = total / count[..., None]
+                x0 = to_latent(pipe.vae, torch.from_numpy(pooled).permute(0, 3, 1, 2).float())
+                eps = (latents - a * x0) / s
+                latents = sch.step(a * eps - s * x0, t, latents, eta=eta, generator=g).prev_sample
+    finally:
+        for h in handles:
+            h.remove()
+    return ((from_latent(pipe.vae, latents) + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="data/models/mvdiffusion")
@@ -78,7 +132,10 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=4)
     ap.add_argument("--prompt", default="caption", choices=("caption", "category", "original_text"))
     ap.add_argument("--caa-scale", type=float, default=1.0)
-    ap.add_argument("--schedule", default="joint", choices=("joint", "keyframes"))
+    ap.add_argument("--schedule", default="joint", choices=("joint", "keyframes", "oracle-pool"))
+    ap.add_argument("--pool-window", type=int, nargs=2, default=(0, 1000), metavar=("LO", "HI"),
+                    help="oracle-pool: pool only at steps with LO <= t < HI")
+    ap.add_argument("--eta", type=float, default=0.0, help="DDIM eta (1: stochastic, as DDPM)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
@@ -99,6 +156,9 @@ def main() -> None:
     t0 = time.perf_counter()
     pipe = MVDiffusionPipeline.from_pretrained(a.model)
     pipe.set_progress_bar_config(disable=True)
+    if pipe.caa is None:        # a depth model alone: zero-initialised CAA, i.e. the base itself
+        from dreamline.texturing.caa import CAAModel
+        pipe.register_modules(caa=CAAModel.for_unet(pipe.unet, norm_groups=pipe.unet.config.norm_num_groups))
     with torch.no_grad():
         for block in pipe.caa.blocks:
             block.to_out.weight.mul_(a.caa_scale)
@@ -119,9 +179,11 @@ def main() -> None:
         for name, use in (("caa", True), ("alone", False)):
             if a.schedule == "keyframes":
                 im = keyframe_views(pipe, prompt, depths, cams, use, a.steps, a.seed)
+            elif a.schedule == "oracle-pool":
+                im = pooled_views(pipe, prompt, depths, cams, use, a.steps, a.seed, a.eta, tuple(a.pool_window))
             else:
                 im = pipe(prompt, depths, cams, use_caa=use, num_inference_steps=a.steps, guidance_scale=a.guidance,
-                          generator=torch.Generator().manual_seed(a.seed), output_type="np").images
+                          generator=torch.Generator().manual_seed(a.seed), output_type="np", eta=a.eta).images
             im = np.where(depths[..., None] > 0, im, 1.0)
             images[name] = im
             blurred = np.stack([uniform_filter(x, size=(3, 3, 1)) for x in im])

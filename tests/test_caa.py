@@ -217,6 +217,10 @@ def test_mvdiffusion_pipeline_zero_caa_equals_independent_views_and_round_trips(
     assert np.allclose(again, joint, atol=1e-6)
     with pytest.raises(ValueError, match="N = 4 cameras"):
         pipe("a red mug", depths[:3], cams, **run)
+    # DDIM's eta reaches the scheduler: stochastic steps differ from eta 0, and repeat with the seed.
+    noisy = [pipe("a red mug", depths, cams, eta=1.0, generator=torch.Generator().manual_seed(0), **run).images
+             for _ in range(2)]
+    assert np.array_equal(noisy[0], noisy[1]) and np.abs(noisy[0] - joint).max() > 1e-4
 
     bare = _tiny_mvdiffusion(caa=False)
     bare.save_pretrained(tmp_path / "bare")

@@ -56,9 +56,11 @@ class MVDiffusionPipeline(DiffusionPipeline):
     @torch.no_grad()
     def sample(self, prompt: str, depths: np.ndarray, cameras: list[Camera], use_caa: bool = True,
                negative_prompt: str = "", num_inference_steps: int = 50, guidance_scale: float = 1.0,
-               generator: torch.Generator | None = None, latents: torch.Tensor | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
+               eta: float = 0.0) -> torch.Tensor:
         """Decoded views (N, 3, H, W), about [-1, 1]. `depths` (N, H, W) world-unit depth of the
-        mesh in each camera (0 = background); H and W are the output size."""
+        mesh in each camera (0 = background); H and W are the output size. `eta` is DDIM's
+        (0: deterministic, 1: as stochastic as DDPM), for schedulers that take it."""
         depths = np.asarray(depths, dtype=np.float64)
         n = len(cameras)
         if depths.ndim != 3 or depths.shape[0] != n:
@@ -84,7 +86,8 @@ class MVDiffusionPipeline(DiffusionPipeline):
         caa = self.caa if use_caa else None
         handles = caa.attach(self.unet) if caa is not None else []
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
+        accepts = inspect.signature(self.scheduler.step).parameters
+        step_kwargs = {k: v for k, v in (("generator", generator), ("eta", eta)) if k in accepts}
         try:
             scope = caa.correspondences(self.geometry(depths, cameras), n) if caa is not None else nullcontext()
             with scope:
@@ -104,9 +107,9 @@ class MVDiffusionPipeline(DiffusionPipeline):
     def __call__(self, prompt: str, depths: np.ndarray, cameras: list[Camera], use_caa: bool = True,
                  negative_prompt: str = "", num_inference_steps: int = 50, guidance_scale: float = 1.0,
                  generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
-                 output_type: str = "np", return_dict: bool = True):
+                 output_type: str = "np", return_dict: bool = True, eta: float = 0.0):
         x = self.sample(prompt, depths, cameras, use_caa, negative_prompt, num_inference_steps, guidance_scale,
-                        generator, latents)
+                        generator, latents, eta)
         images = ((x + 1.0) / 2.0).clamp(0.0, 1.0)
         if output_type == "pt":
             out = images.cpu()
