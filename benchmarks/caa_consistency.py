@@ -150,11 +150,12 @@ def main() -> None:
 
     from dreamline.rendering.renderer import render_object
     from dreamline.texturing.pipeline import MVDiffusionPipeline
+    from dreamline.models.weights import load_pretrained
     from dreamline.texturing.texture import MIN_OVERLAP_PX, neighbour_psnr, orbit
 
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    pipe = MVDiffusionPipeline.from_pretrained(a.model)
+    pipe = load_pretrained(MVDiffusionPipeline, a.model)
     pipe.set_progress_bar_config(disable=True)
     if pipe.caa is None:        # a depth model alone: zero-initialised CAA, i.e. the base itself
         from dreamline.texturing.caa import CAAModel

@@ -37,7 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from dreamline.config import load_params  # noqa: E402
-from dreamline.distill.loop import PriorCache, distill  # noqa: E402
+from dreamline.distill.loop import CHECKPOINT, PriorCache, distill  # noqa: E402
 from dreamline.distill.sampling import azimuth_ring, fixed_views  # noqa: E402
 from dreamline.evaluation.diffusion_score import prompt_fit  # noqa: E402
 
@@ -90,7 +90,7 @@ def convergence(base, priors, steps: int, every: int, prompts: list[str]) -> lis
                 # stop_after checkpoints at k; the next call resumes from there exactly.
                 s = score(result.representation, scorer, prompt, distractors)
                 points.append({"iteration": k, **s})
-            (work / "checkpoint.pt").unlink(missing_ok=True)
+            (work / CHECKPOINT).unlink(missing_ok=True)
             ASSETS[(guidance, prompt)] = result.representation
             curves.append({"prompt": prompt, "guidance": guidance, "seconds": round(time.perf_counter() - t0, 1),
                            "points": points})

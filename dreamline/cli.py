@@ -119,10 +119,11 @@ def generate(prompt: str = typer.Argument(..., help="text prompt"),
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
     from dreamline.distill.run import check_models
+    from dreamline.models.weights import UnsafeWeightsError
 
     try:
         check_models(checked.distill)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, UnsafeWeightsError) as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
     from flows.distill import distill_flow

@@ -48,10 +48,18 @@ def run_stage(name: str, flow_ref: str, before=None, options: dict | None = None
 
 
 def require_model(path: str, key: str) -> None:
-    """Stop before any work when a model folder a stage starts from is missing."""
+    """Stop before any work when a model folder a stage starts from is missing, or holds its
+    weights only in pickle formats (which can run code when loaded)."""
     from pathlib import Path
+
+    from dreamline.models.weights import UnsafeWeightsError, require_safetensors
 
     if not (Path(path) / "model_index.json").is_file():
         print(f"{key}: {path} has no model_index.json (run the stage that trains it, or point "
               f"{key} at a diffusers folder)", file=sys.stderr)
+        sys.exit(2)
+    try:
+        require_safetensors(path, key)
+    except UnsafeWeightsError as err:
+        print(err, file=sys.stderr)
         sys.exit(2)

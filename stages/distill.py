@@ -10,11 +10,12 @@ def _models(params, guidance_types=None) -> None:
     import sys
 
     from dreamline.distill.run import check_models
+    from dreamline.models.weights import UnsafeWeightsError
 
     for g in guidance_types or [params.distill.guidance_type]:
         try:
             check_models(params.distill.model_copy(update={"guidance_type": g}))
-        except FileNotFoundError as err:
+        except (FileNotFoundError, UnsafeWeightsError) as err:
             print(err, file=sys.stderr)
             sys.exit(2)
 

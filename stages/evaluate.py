@@ -10,6 +10,13 @@ def _inputs(params) -> None:
     if not ((ev / "evaluator.json").is_file() or (ev / "config.json").is_file()):
         print(f"evaluate.evaluator: {ev} is not an evaluator folder (run train_evaluator)", file=sys.stderr)
         sys.exit(2)
+    from dreamline.models.weights import UnsafeWeightsError, require_safetensors
+
+    try:
+        require_safetensors(ev, "evaluate.evaluator")
+    except UnsafeWeightsError as err:
+        print(err, file=sys.stderr)
+        sys.exit(2)
     for name, path in params.evaluate.image_quality.models.items():
         require_model(path, f"evaluate.image_quality.models.{name}")
 

@@ -65,7 +65,7 @@ def test_every_guidance_and_representation_runs_two_steps(models, priors, tmp_pa
     for k in range(4):
         assert Image.open(out / "views" / f"view_{k}.png").size == (16, 16)
     assert Image.open(out / "turntable.gif").n_frames >= 2
-    assert (out / "state.pt").is_file() and not (tmp_path / "work").exists()
+    assert (out / "state.safetensors").is_file() and not (tmp_path / "work").exists()
     if representation == "gaussians":
         from plyfile import PlyData
 
@@ -111,10 +111,10 @@ def test_killed_run_resumes_to_the_same_asset(models, priors, tmp_path):
 def test_up_to_date_prompt_is_skipped_and_changed_params_rerun(models, priors, tmp_path):
     p = tiny_params(models, guidance_type="sds")
     first = distill_prompt(p, "red-chair", "a red chair", tmp_path / "a", tmp_path / "w", priors=priors)
-    stamp = (tmp_path / "a" / "state.pt").stat().st_mtime_ns
+    stamp = (tmp_path / "a" / "state.safetensors").stat().st_mtime_ns
     first_curve = (tmp_path / "a" / "curve.csv").read_text()
     assert distill_prompt(p, "red-chair", "a red chair", tmp_path / "a", tmp_path / "w", priors=priors) == first
-    assert (tmp_path / "a" / "state.pt").stat().st_mtime_ns == stamp
+    assert (tmp_path / "a" / "state.safetensors").stat().st_mtime_ns == stamp
     reexport = p.model_copy(update={"export": p.export.model_copy(update={"turntable_frames": 5})})
     again = distill_prompt(reexport, "red-chair", "a red chair", tmp_path / "a", tmp_path / "w", priors=priors)
     assert again["key"] == first["key"] and again["assets"]["turntable_frames"] == 5
@@ -145,13 +145,13 @@ def test_distill_stage_and_generate_cli(tmp_path, prefect_api_url):
     for slug in ("red-chair", "blue-mug"):
         s = json.loads((project.root / "data/distill" / slug / "summary.json").read_text())
         assert s["steps"] == 3 and s["guidance_type"] == "mv-sds+agp"
-    stamps = {slug: (project.root / "data/distill" / slug / "state.pt").stat().st_mtime_ns
+    stamps = {slug: (project.root / "data/distill" / slug / "state.safetensors").stat().st_mtime_ns
               for slug in ("red-chair", "blue-mug")}
     project.set_params({"distill": {**small, "steps": 4,
                                     "prompts": {"red-chair": "a red chair", "blue-mug": "a blue mug"}}})
     project.run(sys.executable, "-m", "stages.distill", "--prompt", "red-chair")   # only this one reruns
     assert json.loads((project.root / "data/distill/red-chair/summary.json").read_text())["steps"] == 4
-    assert (project.root / "data/distill/blue-mug/state.pt").stat().st_mtime_ns == stamps["blue-mug"]
+    assert (project.root / "data/distill/blue-mug/state.safetensors").stat().st_mtime_ns == stamps["blue-mug"]
     bad = project.run(sys.executable, "-m", "stages.distill", "--prompt", "green-tree", check=False)
     assert bad.returncode != 0 and "green-tree" in bad.stderr + bad.stdout
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 from training_toy import make_trainer, toy_params
 
+from dreamline import tensorfile
 from dreamline.training.loop import CURVE_COLUMNS, batch_indices, make_run_key, step_seed
 
 TOY = Path(__file__).with_name("training_toy.py")
@@ -64,14 +65,14 @@ def test_unbroken_run_layout(unbroken):
     assert r.step == 12 and r.resumed_from is None
     assert r.samples_per_s is not None and r.samples_per_s > 0
     ckpts = unbroken.out / "checkpoints"
-    assert sorted(p.name for p in ckpts.glob("step-*.pt")) == ["step-12.pt", "step-8.pt"]
-    assert json.loads((ckpts / "latest.json").read_text())["file"] == "step-12.pt"
-    assert r.checkpoint == ckpts / "step-12.pt"
+    assert sorted(p.name for p in ckpts.glob("step-*.safetensors")) == ["step-12.safetensors", "step-8.safetensors"]
+    assert json.loads((ckpts / "latest.json").read_text())["file"] == "step-12.safetensors"
+    assert r.checkpoint == ckpts / "step-12.safetensors"
     assert [row[0] for row in unbroken.curve] == ["3", "6", "9", "12"]
     assert r.loss == float(unbroken.curve[-1][1])
     # Warmup over 3 steps, then constant.
     assert [float(row[2]) for row in unbroken.curve] == pytest.approx([0.03] * 4)
-    saved = torch.load(r.checkpoint, weights_only=True)
+    saved = tensorfile.load(r.checkpoint)
     assert not any(k.startswith("embed.") for k in saved["model"])  # frozen: not saved
     assert "net.1.running_mean" in saved["model"]                   # buffers: saved
 
@@ -82,7 +83,7 @@ def test_killed_run_resumes_to_identical_weights(unbroken, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     ckpts = tmp_path / "checkpoints"
-    assert sorted(p.name for p in ckpts.glob("step-*.pt")) == ["step-4.pt"]
+    assert sorted(p.name for p in ckpts.glob("step-*.safetensors")) == ["step-4.safetensors"]
     # The killed run had logged a row past its last checkpoint.
     assert [row[0] for row in _curve(tmp_path / "curve.csv")] == ["3", "6"]
 
@@ -109,18 +110,18 @@ def _truncate(path: Path) -> None:
 def test_corrupt_latest_checkpoint_falls_back(unbroken, tmp_path, caplog):
     run = tmp_path / "run"
     shutil.copytree(unbroken.out, run)
-    _truncate(run / "checkpoints/step-12.pt")
+    _truncate(run / "checkpoints/step-12.safetensors")
     (run / "checkpoints/latest.json").write_text("{not json")
     with caplog.at_level(logging.WARNING, logger="dreamline.training"):
         trainer = make_trainer(run)
         result = trainer.run()
     assert result.resumed_from == 8
-    assert "step-12.pt is unusable" in caplog.text
+    assert "step-12.safetensors is unusable" in caplog.text
     _assert_same_weights(trainer, unbroken)
     assert _exact_columns(run / "curve.csv") == unbroken.curve
 
     # With every checkpoint broken the run starts over and still gets there.
-    for path in (run / "checkpoints").glob("step-*.pt"):
+    for path in (run / "checkpoints").glob("step-*.safetensors"):
         _truncate(path)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="dreamline.training"):
@@ -136,9 +137,9 @@ def test_other_run_key_starts_fresh(unbroken, tmp_path):
     shutil.copytree(unbroken.out, run)
     result = make_trainer(run, toy_params(steps=4), run_key="other").run()
     assert result.resumed_from is None and result.step == 4
-    assert sorted(p.name for p in (run / "checkpoints").glob("step-*.pt")) == ["step-4.pt"]
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*.safetensors")) == ["step-4.safetensors"]
     assert [row[0] for row in _curve(run / "curve.csv")] == ["3", "4"]
-    assert torch.load(result.checkpoint, weights_only=True)["run_key"] == "other"
+    assert tensorfile.load(result.checkpoint)["run_key"] == "other"
 
 
 def test_finished_run_is_not_retrained_and_can_be_extended(unbroken, tmp_path):

@@ -122,12 +122,15 @@ class ImageCaptioner(Captioner):
         import torch
         from transformers import BlipForConditionalGeneration, BlipProcessor
 
+        from dreamline.models.weights import load_pretrained
+
         device = self.config.device
         try:
             processor = BlipProcessor.from_pretrained(str(path))
             # Half-precision checkpoints are slow or unsupported on CPU.
             dtype = torch.float32 if device.startswith("cpu") else "auto"
-            model = BlipForConditionalGeneration.from_pretrained(str(path), dtype=dtype)
+            model = load_pretrained(BlipForConditionalGeneration, path, "caption.captioner.model_path",
+                                    dtype=dtype)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
             raise ValueError(f"could not load a BLIP captioner from '{path}': {e}") from None
         self._model = model.to(device).eval()

@@ -2,13 +2,12 @@
 users of these systems expect, written from the representation alone."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dreamline.atomic import write_bytes_atomic
+from dreamline import tensorfile
 from dreamline.config import DistillParams, ExportParams
 from dreamline.distill.sampling import azimuth_ring, fixed_views
 from dreamline.representations import build_representation
@@ -18,28 +17,42 @@ from dreamline.representations.export import (
     write_turntable,
 )
 
-STATE = "state.pt"
+STATE = "state.safetensors"
+LEGACY_STATE = "state.pt"   # torch.save pickles of earlier versions: refused, never loaded
 VIEW_FOV = 40.0
 VIEW_AZIMUTHS = (0.0, 90.0, 180.0, 270.0)
 
 
 def save_state(rep: Representation, p: DistillParams, prompt: str, folder: Path) -> Path:
-    buf = io.BytesIO()
-    torch.save({"prompt": prompt, "representation_type": p.representation_type,
-                "representation": p.representation_config().model_dump(mode="json"),
-                "state_dict": rep.state_dict()}, buf)
-    return write_bytes_atomic(folder / STATE, buf.getvalue())
+    return tensorfile.save(folder / STATE, {
+        "prompt": prompt, "representation_type": p.representation_type,
+        "representation": p.representation_config().model_dump(mode="json"),
+        "state_dict": rep.state_dict()})
+
+
+def is_asset_folder(folder: Path) -> bool:
+    """A finished distillation, or one of an earlier version (which load_asset refuses)."""
+    return (folder / STATE).is_file() or (folder / LEGACY_STATE).is_file()
 
 
 def load_asset(folder: str | Path) -> tuple[Representation, str]:
     """(representation, prompt) of a finished distillation folder."""
     from dreamline.config import REPRESENTATION_PARAMS
 
-    path = Path(folder) / STATE
+    folder = Path(folder)
+    path = folder / STATE
     if not path.is_file():
+        if (folder / LEGACY_STATE).is_file():
+            raise tensorfile.refuse_pickle(
+                folder / LEGACY_STATE, f"`dvc repro distill@{folder.name}` (a params prompt) or "
+                f"`dreamline generate PROMPT --out {folder}`")
         raise FileNotFoundError(f"{folder}: no {STATE} (not a finished distillation)")
-    state = torch.load(path, weights_only=False)
-    config = REPRESENTATION_PARAMS[state["representation_type"]].model_validate(state["representation"])
+    state = tensorfile.load(path)
+    kind = state.get("representation_type") if isinstance(state, dict) else None
+    if kind not in REPRESENTATION_PARAMS:
+        raise ValueError(f"{path}: unknown representation_type {kind!r} "
+                         f"(have: {', '.join(sorted(REPRESENTATION_PARAMS))})")
+    config = REPRESENTATION_PARAMS[kind].model_validate(state["representation"])
     rep = build_representation(state["representation_type"], config, torch.Generator().manual_seed(0))
     rep.load_state_dict(state["state_dict"])
     return rep.eval(), state["prompt"]
@@ -76,7 +89,7 @@ def export_mesh(rep: Representation, e: ExportParams, threshold: float, path: Pa
 
 
 def write_assets(rep: Representation, p: DistillParams, prompt: str, curve: list[dict], folder: Path) -> dict:
-    """state.pt, mesh.glb, point_cloud.ply (Gaussians), turntable.gif, views/*.png, curve.csv.
+    """state.safetensors, mesh.glb, point_cloud.ply (Gaussians), turntable.gif, views/*.png, curve.csv.
     Returns what was written, for the summary."""
     e = p.export
     rep.eval()

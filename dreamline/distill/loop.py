@@ -6,7 +6,6 @@ representation and optimiser, so a killed run resumes to the same asset as an un
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -15,14 +14,15 @@ from typing import Callable
 
 import torch
 
-from dreamline.atomic import write_bytes_atomic
+from dreamline import tensorfile
 from dreamline.config import DistillParams
 from dreamline.distill.sampling import pick_shading, sample_views
 from dreamline.guidance import DiffusionPrior, StepInput, build_guidance
 from dreamline.representations import build_representation
 from dreamline.representations.base import background_images
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint.safetensors"
+LEGACY_CHECKPOINT = "checkpoint.pt"   # a pickle of earlier versions: never loaded
 
 
 @dataclass
@@ -66,9 +66,28 @@ def build_terms(p: DistillParams, priors: PriorCache) -> dict[str, object]:
 
 
 def _save(path: Path, state: dict) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    write_bytes_atomic(path, buf.getvalue())
+    tensorfile.save(path, state)
+
+
+def _read_checkpoint(work_dir: Path, key: str, log: Callable[[str], None] | None) -> dict | None:
+    """The checkpoint of this run's key, or None (absent, another run's, unreadable)."""
+    def say(msg: str) -> None:
+        if log:
+            log(msg)
+
+    legacy = work_dir / LEGACY_CHECKPOINT
+    if legacy.exists():
+        say(f"ignoring {legacy}: a pickle checkpoint of an earlier version is never loaded "
+            f"(unpickling can run code); starting from step 0")
+    ckpt = work_dir / CHECKPOINT
+    if not ckpt.exists():
+        return None
+    try:
+        state = tensorfile.load(ckpt)
+    except ValueError as err:   # truncated, foreign, or a pickle under the new name
+        say(f"ignoring checkpoint {ckpt}: {err}")
+        return None
+    return state if isinstance(state, dict) and state.get("key") == key else None
 
 
 def distill(p: DistillParams, prompt: str, priors: PriorCache, work_dir: Path, key: str,
@@ -90,15 +109,14 @@ def distill(p: DistillParams, prompt: str, priors: PriorCache, work_dir: Path, k
 
     start, curve = 0, []
     ckpt = work_dir / CHECKPOINT
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        if state.get("key") == key:
-            rep.load_state_dict(state["representation"])
-            optimiser.load_state_dict(state["optimiser"])
-            g.set_state(state["generator"])
-            start, curve = state["step"], state["curve"]
-            if log:
-                log(f"resuming {prompt!r} from step {start}")
+    state = _read_checkpoint(work_dir, key, log)
+    if state is not None:
+        rep.load_state_dict(state["representation"])
+        optimiser.load_state_dict(state["optimiser"])
+        g.set_state(state["generator"])
+        start, curve = int(state["step"]), [dict(r) for r in state["curve"]]
+        if log:
+            log(f"resuming {prompt!r} from step {start}")
 
     t0 = time.perf_counter()
     end = p.steps if stop_after is None else min(p.steps, stop_after)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from dreamline.config import DistillParams
-from dreamline.distill.assets import write_assets
+from dreamline.distill.assets import STATE, write_assets
 from dreamline.distill.loop import PriorCache, distill, distill_key
 from dreamline.training.common import file_digest, fresh_folder, replace_folder, write_summary
 
@@ -19,12 +19,16 @@ def model_paths(p: DistillParams) -> list[str]:
 
 
 def check_models(p: DistillParams) -> None:
-    """Fail before any work when a prior the guidance needs is missing, naming the key."""
+    """Fail before any work when a prior the guidance needs is missing or holds pickle
+    weights only (FileNotFoundError / UnsafeWeightsError), naming the key."""
+    from dreamline.models.weights import require_safetensors
+
     for term in p.guidance_terms:
         path = Path(p.guidance_config(term).model)
         if not (path / "model_index.json").is_file():
             raise FileNotFoundError(f"distill.guidance.{term}.model: {path} has no model_index.json "
                                     f"(run the stage that trains it, or point the key at a diffusers folder)")
+        require_safetensors(path, f"distill.guidance.{term}.model")
 
 
 def _last_mean(curve: list[dict], key: str, n: int = 20) -> float | None:
@@ -64,7 +68,10 @@ def distill_prompt(p: DistillParams, slug: str, prompt: str, out_dir: Path, work
     summary_path = out_dir / "summary.json"
     if summary_path.is_file():
         old = json.loads(summary_path.read_text())
-        if old.get("key") == key:
+        if old.get("key") == key and not (out_dir / STATE).is_file():
+            if log:   # an earlier version's folder: its state is a pickle that is never loaded
+                log(f"{slug}: no {STATE} beside the summary; distilling again")
+        elif old.get("key") == key:
             if old.get("export") == p.export.model_dump(mode="json"):
                 if log:
                     log(f"{slug}: up to date ({key})")

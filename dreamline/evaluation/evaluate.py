@@ -38,7 +38,12 @@ def _rp_row(img_emb, text_emb, true_idx, units, p: EvaluateParams) -> dict:
 
 
 def asset_folders(*roots: Path) -> list[Path]:
-    return sorted(f.parent for root in roots if root.exists() for f in root.rglob("state.pt"))
+    """Every distilled asset folder; one of an earlier version is listed too, so that
+    loading it fails loudly (load_asset refuses its pickle) instead of it going missing."""
+    from dreamline.distill.assets import is_asset_folder
+
+    return sorted({f for root in roots if root.exists() for f in [root, *root.rglob("*")]
+                   if f.is_dir() and is_asset_folder(f)})
 
 
 def evaluate_assets(p: EvaluateParams, evaluator, folders: list[Path], texts: list[str], text_emb: np.ndarray,

@@ -121,7 +121,9 @@ class CLIPEvaluator:
     def __init__(self, folder: Path, name: str | None = None):
         from transformers import CLIPModel, CLIPTokenizer
 
-        self.model = CLIPModel.from_pretrained(str(folder)).eval().requires_grad_(False)
+        from dreamline.models.weights import load_pretrained
+
+        self.model = load_pretrained(CLIPModel, folder, "evaluate.evaluator").eval().requires_grad_(False)
         self.tokenizer = CLIPTokenizer.from_pretrained(str(folder))
         cfg = self.model.config.vision_config
         self.image_size = cfg.image_size

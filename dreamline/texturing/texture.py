@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from dreamline.config import TextureParams
+from dreamline.models.weights import load_pretrained
 from dreamline.rendering.cameras import Camera, framing_distance
 from dreamline.rendering.reprojection import overlap_psnr, warp
 
@@ -184,7 +185,7 @@ def texture(p: TextureParams, curated: Path, captions: Path, renders: Path, out_
 
     torch.set_num_threads(p.threads)
     t0 = time.perf_counter()
-    pipe = MVDiffusionPipeline.from_pretrained(p.model)
+    pipe = load_pretrained(MVDiffusionPipeline, p.model, "texture.model")
     pipe.set_progress_bar_config(disable=True)
     if pipe.caa is None:
         raise ValueError(f"{p.model}: no CAA model in this pipeline (point texture.model at the train_caa output)")

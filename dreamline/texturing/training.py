@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from dreamline.config import TrainCAAParams, TrainDepthParams
+from dreamline.models.weights import load_pretrained
 from dreamline.rendering.cameras import Camera
 from dreamline.training.common import (fresh_folder, file_digest, load_base_pipeline, pixel_resolution,
                                        renders_digest, replace_folder, run_key, training_record, write_summary)
@@ -149,7 +150,7 @@ def train_caa(p: TrainCAAParams, renders_root: Path, captions_path: Path, out_di
     from dreamline.training.loop import Trainer, batch_indices
 
     torch.manual_seed(p.train.seed)
-    pipe = MVDiffusionPipeline.from_pretrained(p.depth_model)
+    pipe = load_pretrained(MVDiffusionPipeline, p.depth_model, "train_caa.depth_model")
     pipe.set_progress_bar_config(disable=True)
     unet = pipe.unet.eval().requires_grad_(False)
     res = pixel_resolution(pipe)

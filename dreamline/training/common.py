@@ -107,7 +107,9 @@ def load_base_pipeline(path: str | Path):
     name = json.loads(index.read_text()).get("_class_name")
     if name == "StableDiffusionPipeline":
         return load_sd_layout(path)
-    return (CCMPipeline if name == "CCMPipeline" else MultiViewDiffusionPipeline).from_pretrained(path)
+    from dreamline.models.weights import load_pretrained
+
+    return load_pretrained(CCMPipeline if name == "CCMPipeline" else MultiViewDiffusionPipeline, path)
 
 
 def pixel_resolution(pipe) -> int:

@@ -16,7 +16,8 @@ of a run identical to an unbroken run of the same seed (on CPU, with the same th
 
 Files under ``out_dir``:
 
-* ``checkpoints/step-<N>.pt`` (the latest two) and ``checkpoints/latest.json``;
+* ``checkpoints/step-<N>.safetensors`` (the latest two; dreamline.tensorfile, no pickle) and
+  ``checkpoints/latest.json``;
 * ``curve.csv``: ``step,loss,lr,samples_per_s,seconds``, one row per ``log_every`` steps
   (and one at the last step), for DVC plots.
 """
@@ -25,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import io
 import json
 import logging
 import math
@@ -41,6 +41,7 @@ from pydantic import BaseModel
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from dreamline import tensorfile
 from dreamline.atomic import write_bytes_atomic, write_json_atomic
 from dreamline.config import TrainingParams
 
@@ -51,7 +52,8 @@ KEEP_CHECKPOINTS = 2
 CURVE_COLUMNS = ("step", "loss", "lr", "samples_per_s", "seconds")
 # Mixed into the per-step seeds so that they never coincide with batch_indices' streams.
 _STEP_SEED_TAG = 0x5354_4550
-_CKPT_RE = re.compile(r"^step-(\d+)\.pt$")
+_CKPT_RE = re.compile(r"^step-(\d+)\.safetensors$")
+_LEGACY_CKPT_RE = re.compile(r"^step-(\d+)\.pt$")   # torch.save pickles: never loaded
 # TrainingParams fields that cannot change the weights at a given step, so a run whose
 # params differ only in these may resume: with warmup-then-constant LR the trajectory does
 # not depend on the total step count, so raising `steps` continues a finished run.
@@ -312,7 +314,7 @@ class Trainer:
         return sorted(found, reverse=True)
 
     def _read_checkpoint(self, path: Path) -> dict[str, Any]:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = tensorfile.load(path)
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise ValueError("not a dreamline training checkpoint")
         expected = self.model_state()
@@ -337,6 +339,11 @@ class Trainer:
         self._seconds_before = float(ckpt["seconds"])
 
     def _resume(self) -> tuple[int | None, Path | None]:
+        if self.ckpt_dir.is_dir():
+            for legacy in sorted(self.ckpt_dir.iterdir()):
+                if _LEGACY_CKPT_RE.match(legacy.name):
+                    log.warning("ignoring %s: a pickle checkpoint of an earlier version is never loaded "
+                                "(unpickling can run code)", legacy)
         candidates = self._checkpoints()
         if not candidates:
             return None, None
@@ -383,10 +390,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "ema": self.ema.state_dict(),
             "history": self.history, "pending_losses": self._pending, "seconds": seconds,
         }
-        buf = io.BytesIO()
-        torch.save(ckpt, buf)
-        path = self.ckpt_dir / f"step-{self.step}.pt"
-        write_bytes_atomic(path, buf.getvalue())
+        path = tensorfile.save(self.ckpt_dir / f"step-{self.step}.safetensors", ckpt)
         # The pointer goes second so that it never names a file that is not all there.
         write_json_atomic(self.ckpt_dir / "latest.json",
                           {"step": self.step, "file": path.name, "run_key": self.run_key})
