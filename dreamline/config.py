@@ -595,8 +595,27 @@ class ExecutionParams(Strict):
     dask_address: Optional[str] = None
 
 
+class PathsParams(Strict):
+    """Where path-valued params (model folders, dreambooth.images, init_points, ...) may
+    point. Each is resolved against the project root (the stages' working directory) and
+    must lie inside it, or under one of these absolute folders (e.g. /models for model
+    weights kept outside the project). It only refuses, never changes an output, so no
+    stage lists it as a dependency."""
+    allowed_roots: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _absolute(self) -> "PathsParams":
+        import os
+
+        for root in self.allowed_roots:
+            if not os.path.isabs(os.path.expanduser(root)):
+                raise ValueError(f"allowed_roots: {root!r} must be an absolute path")
+        return self
+
+
 class Params(Strict):
     execution: ExecutionParams = ExecutionParams()
+    paths: PathsParams = PathsParams()
     mirror: MirrorParams = MirrorParams()
     curate: CurateParams = CurateParams()
     caption: CaptionParams = CaptionParams()
@@ -637,19 +656,63 @@ def _check_cross_references(params: "Params") -> None:
             raise ValueError(f"ablation.guidance_types: {bad} not registered; known: {sorted(GUIDANCE_PARAMS)}")
 
 
-def parse_params(raw: dict[str, Any] | None, source: str = "params") -> Params:
+def param_paths(params: "Params") -> list[tuple[str, str]]:
+    """(dotted key, value) of every path-valued parameter that is set: each is read by some
+    stage, so each must stay inside the project or under paths.allowed_roots."""
+    out: list[tuple[str, str]] = [("mirror.packaged_meshes_dir", params.mirror.packaged_meshes_dir)]
+    if params.caption.captioner_type == "image":
+        out.append(("caption.captioner.model_path", params.caption.captioner_config().model_path))
+    for section in ("train_mv", "train_mv_3d", "train_agp", "train_depth"):
+        out.append((f"{section}.base_model", getattr(params, section).base_model))
+    out += [("train_caa.depth_model", params.train_caa.depth_model),
+            ("dreambooth.model", params.dreambooth.model),
+            ("texture.model", params.texture.model), ("texture.evaluator", params.texture.evaluator),
+            ("evaluate.evaluator", params.evaluate.evaluator)]
+    if params.dreambooth.images is not None:
+        out.append(("dreambooth.images", params.dreambooth.images))
+    rep = params.distill.representation_config()
+    if getattr(rep, "init_points", None) is not None:
+        out.append(("distill.representation.init_points", rep.init_points))
+    for term in sorted(set(params.distill.guidance_terms) | set(params.distill.guidance)):
+        out.append((f"distill.guidance.{term}.model", params.distill.guidance_config(term).model))
+    for name, folder in params.evaluate.image_quality.models.items():
+        out.append((f"evaluate.image_quality.models.{name}", folder))
+    return out
+
+
+def check_param_paths(params: "Params", project_root: str | Path | None = None) -> None:
+    """Every path-valued parameter resolved against the project root (default: the working
+    directory, where stages run) must stay inside it or under paths.allowed_roots; a
+    ValueError naming each key that does not. Nothing outside is read to decide."""
+    from dreamline.paths import UnsafePathError, param_path
+
+    problems = []
+    for key, value in param_paths(params):
+        try:
+            param_path(value, key, project_root, params.paths.allowed_roots)
+        except UnsafePathError as err:
+            problems.append(str(err))
+    if problems:
+        raise ValueError("\n  ".join(problems))
+
+
+def parse_params(raw: dict[str, Any] | None, source: str = "params",
+                 project_root: str | Path | None = None) -> Params:
+    """Validated params; `project_root` (default: the working directory) is what relative
+    paths in them are resolved against and must stay inside (see check_param_paths)."""
     try:
         params = Params.model_validate(raw or {})
     except ValidationError as err:
         raise ParamsError(_format_errors(err, source)) from None
     try:
         _check_cross_references(params)
+        check_param_paths(params, project_root)
     except ValueError as err:
         raise ParamsError(f"{source}: invalid parameters\n  {err}") from None
     return params
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+def load_params(path: str | Path = "params.yaml", project_root: str | Path | None = None) -> Params:
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path}: no such params file")
@@ -659,7 +722,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
     if raw is not None and not isinstance(raw, dict):
         raise ParamsError(f"{path}: top level must be a mapping")
-    return parse_params(raw, str(path))
+    return parse_params(raw, str(path), project_root)
 
 
 def params_to_dict(model: BaseModel) -> dict[str, Any]:

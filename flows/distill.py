@@ -26,4 +26,4 @@ def distill_flow(params: Params, slugs: list[str] | None = None, out_root: Path 
         summaries[slug] = distill_one.with_options(name=f"distill-{slug}")(
             p, slug, p.prompts[slug], Path(out_root) / slug, Path(checkpoints) / slug, priors)
     get_run_logger().info("distilled %d prompt(s): %s", len(summaries), ", ".join(summaries))
-    return {slug: {k: s.get(k) for k in ("steps", "iterations_per_s", "final_loss")} for slug, s in summaries.items()}
+    return {slug: {k: s.get(k) for k in ("steps", "final_loss")} for slug, s in summaries.items()}

@@ -25,7 +25,9 @@ def render_flow(params: Params, curated_root: Path = paths.CURATED,
     started = time.time()
     objects = pd.read_parquet(Path(curated_root) / "objects.parquet")
     kept = objects[objects["kept"]].sort_values("uid")
-    todo = [(r.uid, str(Path(curated_root) / r.mesh_path), r.mesh_sha256) for r in kept.itertuples()]
+    objects_file = Path(curated_root) / "objects.parquet"
+    todo = [(r.uid, str(paths.confine(r.mesh_path, curated_root, f"{objects_file}: row uid={r.uid}, mesh_path")),
+             r.mesh_sha256) for r in kept.itertuples()]
     batches = [todo[i: i + p.shard_size] for i in range(0, len(todo), p.shard_size)]
     # Each shard renders in child processes of its own (per-object time-out), so shards
     # run side by side up to the task runner's worker count.

@@ -7,6 +7,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from dreamline.distill.run import distill_prompt
+from dreamline.runinfo import read_run
 from tasks.common import run_logger
 
 
@@ -14,7 +15,8 @@ from tasks.common import run_logger
 def distill_one(p, slug: str, prompt: str, out_dir: Path, work_dir: Path, priors=None) -> dict:
     logger = run_logger()
     summary = distill_prompt(p, slug, prompt, Path(out_dir), Path(work_dir), priors=priors, log=logger.info)
-    if "iterations_per_s" in summary:
+    run = read_run(out_dir).get("distill", {})
+    if "assets" in summary and "iterations_per_s" in run:
         logger.info("%s: %s steps at %.2f it/s, mesh %s", slug, summary["steps"],
-                    summary["iterations_per_s"], summary["assets"]["mesh"])
+                    run["iterations_per_s"], summary["assets"]["mesh"])
     return summary

@@ -9,21 +9,12 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-# model name -> the dreamline function that trains it: (params, renders, captions, out, work)
-TRAINERS = {
-    "base": "dreamline.training.base:train_base",
-    "mv": "dreamline.training.multiview:train_mv",
-    "mv_3d": "dreamline.training.multiview:train_mv",
-    "agp": "dreamline.training.agp:train_agp",
-    "dreambooth": "dreamline.training.dreambooth:dreambooth",
-    "depth": "dreamline.texturing.training:train_depth",
-    "mvdiffusion": "dreamline.texturing.training:train_caa",
-}
-
 
 @task(name="train", cache_policy=NO_CACHE, retries=1)
-def train(model: str, p, renders: Path, captions: Path, out_dir: Path, work_dir: Path) -> dict:
-    module, _, func = TRAINERS[model].partition(":")
+def train(trainer: str, p, renders: Path, captions: Path, out_dir: Path, work_dir: Path) -> dict:
+    """`trainer`: "module:function" of the dreamline function that trains the model,
+    called as function(params, renders, captions, out_dir, work_dir)."""
+    module, _, func = trainer.partition(":")
     summary = getattr(importlib.import_module(module), func)(p, renders, captions, out_dir, work_dir)
     shutil.rmtree(work_dir, ignore_errors=True)  # the model is saved; checkpoints are scratch
     return summary

@@ -57,7 +57,7 @@ def test_lineage_why_and_diff_answer_from_the_lock(reproduced, tmp_path):
     meshes = next(i for i in render["inputs"] if i["path"] == "data/curated/meshes")
     locked = next(d for d in lock["render"]["deps"] if d["path"] == "data/curated/meshes")
     assert meshes["stage"] == "curate" and (meshes["md5"], meshes["nfiles"]) == (locked["md5"], locked["nfiles"])
-    assert any(c["path"] == "dreamline/rendering" for c in render["code"])
+    assert any(c["path"] == "dreamline/rendering/renderer.py" for c in render["code"])
     # Manifests: each data output's table, its md5 (the one in the lock's directory listing), its objects.
     objects = pd.read_parquet(project.root / "data/curated/objects.parquet")
     index = pd.read_parquet(project.root / "data/renders/index.parquet")

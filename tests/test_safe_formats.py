@@ -202,6 +202,7 @@ def test_stage_refuses_a_pickle_only_model_folder_with_exit_2(tiny_priors, tmp_p
     bad = _pickle_only(tiny_priors / "base", tmp_path / "bad", marker)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train_mv"]["base_model"] = str(bad)
+    params["paths"]["allowed_roots"] = [str(tmp_path)]      # outside the project: allowed here
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     proc = subprocess.run([sys.executable, "-m", "stages.train_mv", "--params", str(path)], cwd=REPO,

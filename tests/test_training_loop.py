@@ -47,7 +47,7 @@ def _curve(path: Path) -> list[list[str]]:
 
 
 def _exact_columns(path: Path) -> list[list[str]]:
-    # step, loss and lr must match exactly; samples_per_s and seconds are timings.
+    # The whole curve is step, loss and lr: equal runs write equal curves.
     return [row[:3] for row in _curve(path)]
 
 

@@ -12,6 +12,7 @@ from dreamline.atomic import clean_temp_files, write_parquet_atomic
 from dreamline.captioning.base import CAPTIONERS, CaptionInput, original_text
 from dreamline.captioning.split import assign_split
 from dreamline.config import CaptionParams
+from dreamline.paths import confine
 
 COLUMNS = ["uid", "split", "original_text", "caption", "captioner", "name", "category", "mesh_colour", "key"]
 
@@ -24,7 +25,9 @@ def caption_inputs(objects: pd.DataFrame, curated_root: Path) -> list[CaptionInp
         out.append(CaptionInput(
             uid=r.uid, name=r.name or "", tags=tags, category=r.lvis_category,
             colour=r.colour, description=r.description or "",
-            mesh_path=Path(curated_root) / r.mesh_path,
+            # Confined to the curated folder: a row naming a mesh elsewhere is refused.
+            mesh_path=confine(r.mesh_path, curated_root,
+                              f"{Path(curated_root) / 'objects.parquet'}: row uid={r.uid}, mesh_path"),
         ))
     return out
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import objaverse
 import pyarrow as pa
 
-from dreamline.curation.metadata_filter import records_to_table
+from dreamline.curation.metadata_filter import PATH_PROBLEM, records_to_table
 from dreamline.sources import objaverse_reader as ov
 
 
@@ -31,14 +31,18 @@ PARALLEL_LOAD_MIN = 20_000
 
 
 def load_candidates(mirror_root: str | Path | None, workers: int = 1) -> pa.Table:
-    """All uids with their annotations (columnar) and LVIS category.
+    """All uids with their annotations (columnar), LVIS category and `path_problem` (why
+    the object's object-paths entry may not be followed; null for the others).
 
     Annotations are read through objaverse.load_annotations one metadata shard at a time
     (so memory holds one shard of dicts), in `workers` processes when there are many.
     """
     ov.use_objaverse_root(mirror_root)
     uids = objaverse.load_uids()
-    groups = list(ov.uids_by_shard(uids).values())
+    # Entries whose path leads out of the cache get no annotation read and no geometry
+    # work: they become `unsafe_path` rejects (metadata_filter.filter_metadata).
+    by_shard, unsafe = ov.check_object_paths(uids)
+    groups = list(by_shard.values())
     root = None if mirror_root is None else str(mirror_root)
     if workers > 1 and len(uids) >= PARALLEL_LOAD_MIN:
         import multiprocessing as mp
@@ -56,4 +60,6 @@ def load_candidates(mirror_root: str | Path | None, workers: int = 1) -> pa.Tabl
         stub = pa.table({"uid": missing}).cast(pa.schema([("uid", pa.string())]))
         table = pa.concat_tables([table, stub], promote_options="default")
     lvis = ov.load_lvis_categories()
-    return table.append_column("lvis_category", pa.array([lvis.get(u) for u in table.column("uid").to_pylist()], pa.string()))
+    table_uids = table.column("uid").to_pylist()
+    table = table.append_column("lvis_category", pa.array([lvis.get(u) for u in table_uids], pa.string()))
+    return table.append_column(PATH_PROBLEM, pa.array([unsafe.get(u) for u in table_uids], pa.string()))

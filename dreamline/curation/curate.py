@@ -22,7 +22,8 @@ from dreamline.atomic import clean_temp_files, write_bytes_atomic, write_json_at
 from dreamline.config import CurateParams, GeometryParams
 from dreamline.curation.geometry import check_and_normalise
 from dreamline.curation.candidates import load_candidates
-from dreamline.curation.metadata_filter import filter_metadata
+from dreamline.curation.metadata_filter import PATH_PROBLEM, UNSAFE_PATH, filter_metadata
+from dreamline.paths import UnsafePathError
 from dreamline.sources import objaverse_reader as ov
 
 # Bump when geometry checks or normalisation change meaning: every object is redone.
@@ -79,8 +80,11 @@ def curate_object(uid: str, mirror_root: str | Path | None, p: GeometryParams,
     """Geometry-check and normalise one object, reusing a finished record with the same key."""
     ov.use_objaverse_root(mirror_root)
     try:
-        path = ov.load_object(uid)
+        path = ov.load_object(uid)  # confined to the cache before anything looks at the path
         data = Path(path).read_bytes()
+    except UnsafePathError as err:  # e.g. a symlink in the mirror that points out of it
+        return {"uid": uid, "reject_reason": UNSAFE_PATH, "reject_detail": str(err)[:300],
+                "processed": False}
     except Exception as err:  # missing locally and not downloadable
         return {"uid": uid, "reject_reason": "missing_file", "reject_detail": str(err)[:200],
                 "processed": False}
@@ -125,8 +129,11 @@ def assemble(candidates: pa.Table, geometry_rows: list[dict], source: str,
     meta_reason = df["meta_reason"]
     geo_reason = df["reject_reason"] if "reject_reason" in df else pd.Series(None, index=df.index)
     df["reject_reason"] = meta_reason.where(meta_reason.notna(), geo_reason)
-    df["reject_stage"] = np.where(meta_reason.notna(), "metadata",
-                                  np.where(df["reject_reason"].notna(), "geometry", None))
+    # "path": the object's object-paths entry leads out of the mirror (found from its text
+    # before the metadata rules, or from a symbolic link when the object was to be read).
+    df["reject_stage"] = np.where(df["reject_reason"] == UNSAFE_PATH, "path",
+                                  np.where(meta_reason.notna(), "metadata",
+                                           np.where(df["reject_reason"].notna(), "geometry", None)))
     df["kept"] = df["reject_reason"].isna()
     df["source"] = source
     df["mesh_path"] = np.where(df["kept"], "meshes/" + df["uid"] + ".glb", None)
@@ -136,10 +143,13 @@ def assemble(candidates: pa.Table, geometry_rows: list[dict], source: str,
     for col in ("sha256", "key", "mesh_sha256", "reject_detail"):
         if col not in df:
             df[col] = None
+    if PATH_PROBLEM in df:
+        unsafe = df[PATH_PROBLEM].notna()
+        df.loc[unsafe, "reject_detail"] = df.loc[unsafe, PATH_PROBLEM].str.slice(0, 300)
     flags = [(r.get("processed", False), r.get("reject_reason")) for r in geometry_rows]
     processed = sum(1 for done, _ in flags if done)
-    reused = sum(1 for done, why in flags if not done and why != "missing_file")
-    df = df.drop(columns=[c for c in ("processed", "meta_reason") if c in df])
+    reused = sum(1 for done, why in flags if not done and why not in ("missing_file", UNSAFE_PATH))
+    df = df.drop(columns=[c for c in ("processed", "meta_reason", PATH_PROBLEM) if c in df])
     df["reject_detail"] = df["reject_detail"].fillna("").astype(str)
     df = df.sort_values("uid").reset_index(drop=True)
     kept = set(df.loc[df["kept"], "uid"])

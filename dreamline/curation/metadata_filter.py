@@ -28,6 +28,12 @@ SCHEMA = pa.schema([
     ("description", pa.string()),
 ])
 
+# Candidates whose object-paths entry leads outside the cache (absolute, `..` out of it,
+# a uid that is not a file name) carry why in this column; they are rejected as
+# UNSAFE_PATH before any metadata rule, and nothing at that path is ever read.
+PATH_PROBLEM = "path_problem"
+UNSAFE_PATH = "unsafe_path"
+
 RULE_ORDER = (
     "malformed_record", "unreadable_name", "license", "age_restricted", "animated",
     "blocked_tag", "blocked_category", "point_cloud", "too_few_faces", "too_many_faces",
@@ -150,9 +156,12 @@ def rule_masks(table: pa.Table, p: MetadataFilterParams) -> dict[str, np.ndarray
 
 
 def filter_metadata(table: pa.Table, p: MetadataFilterParams) -> pa.Table:
-    """The input table plus `meta_reason` (null where every rule passes)."""
+    """The input table plus `meta_reason` (null where every rule passes; UNSAFE_PATH where
+    the table's PATH_PROBLEM column says the object's path may not be followed)."""
     masks = rule_masks(table, p)
     reason = np.full(table.num_rows, None, dtype=object)
     for rule in reversed(RULE_ORDER):  # earlier rules overwrite later ones
         reason[masks[rule]] = rule
+    if PATH_PROBLEM in table.column_names:
+        reason[table.column(PATH_PROBLEM).is_valid().to_numpy(zero_copy_only=False)] = UNSAFE_PATH
     return table.append_column("meta_reason", pa.array(reason, type=pa.string()))

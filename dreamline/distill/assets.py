@@ -39,6 +39,8 @@ def load_asset(folder: str | Path) -> tuple[Representation, str]:
     """(representation, prompt) of a finished distillation folder."""
     from dreamline.config import REPRESENTATION_PARAMS
 
+    from dreamline.paths import confine
+
     folder = Path(folder)
     path = folder / STATE
     if not path.is_file():
@@ -47,12 +49,15 @@ def load_asset(folder: str | Path) -> tuple[Representation, str]:
                 folder / LEGACY_STATE, f"`dvc repro distill@{folder.name}` (a params prompt) or "
                 f"`dreamline generate PROMPT --out {folder}`")
         raise FileNotFoundError(f"{folder}: no {STATE} (not a finished distillation)")
-    state = tensorfile.load(path)
+    state = tensorfile.load(confine(STATE, folder, f"asset {folder}"))
     kind = state.get("representation_type") if isinstance(state, dict) else None
     if kind not in REPRESENTATION_PARAMS:
         raise ValueError(f"{path}: unknown representation_type {kind!r} "
                          f"(have: {', '.join(sorted(REPRESENTATION_PARAMS))})")
     config = REPRESENTATION_PARAMS[kind].model_validate(state["representation"])
+    if getattr(config, "init_points", None) is not None:
+        # The saved parameters replace any initialisation: never read a file the asset names.
+        config = config.model_copy(update={"init": "sphere", "init_points": None})
     rep = build_representation(state["representation_type"], config, torch.Generator().manual_seed(0))
     rep.load_state_dict(state["state_dict"])
     return rep.eval(), state["prompt"]

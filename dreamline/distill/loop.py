@@ -40,10 +40,18 @@ class DistillResult:
 
 
 def distill_key(p: DistillParams, prompt: str, model_digests: dict[str, str]) -> str:
-    """What determines the asset: the prompt, every distill setting except the prompt list
-    and export settings, and the priors' contents."""
-    settings = p.model_dump(mode="json", exclude={"prompts", "export", "log_every", "checkpoint_every", "threads"})
-    blob = json.dumps([prompt, settings, model_digests], sort_keys=True)
+    """What determines the asset: the prompt, the resolved settings of the guidance terms
+    and representation in use (defaults filled in; blocks of unused terms left out), every
+    other distill setting except the prompt list and export settings, the priors' contents
+    and the code the loop can run."""
+    from dreamline.lineage.code import code_digest
+
+    settings = p.model_dump(mode="json", exclude={"prompts", "export", "log_every", "checkpoint_every", "threads",
+                                                  "guidance", "representation"})
+    settings["guidance"] = {t: p.guidance_config(t).model_dump(mode="json") for t in p.guidance_terms}
+    settings["representation"] = p.representation_config().model_dump(mode="json")
+    blob = json.dumps([prompt, settings, model_digests, code_digest("dreamline.distill.loop:distill")],
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 

@@ -11,6 +11,7 @@ from typing import Callable
 from dreamline.config import DistillParams
 from dreamline.distill.assets import STATE, write_assets
 from dreamline.distill.loop import PriorCache, distill, distill_key
+from dreamline.runinfo import read_run, record_run
 from dreamline.training.common import file_digest, fresh_folder, replace_folder, write_summary
 
 
@@ -50,8 +51,10 @@ def _reexport(p: DistillParams, old: dict, out_dir: Path, log) -> dict:
     t0 = time.perf_counter()
     tmp = fresh_folder(out_dir)
     summary = {**old, "assets": write_assets(rep, p, prompt, curve, tmp),
-               "export": p.export.model_dump(mode="json"), "export_seconds": round(time.perf_counter() - t0, 2)}
+               "export": p.export.model_dump(mode="json")}
     write_summary(tmp, summary)
+    record_run(tmp, "distill", {**read_run(out_dir).get("distill", {}),
+                                "export_seconds": round(time.perf_counter() - t0, 2)})
     replace_folder(tmp, out_dir)
     if log:
         log(f"{old['slug']}: re-exported ({old['key']})")
@@ -87,13 +90,14 @@ def distill_prompt(p: DistillParams, slug: str, prompt: str, out_dir: Path, work
     summary = {
         "slug": slug, "prompt": prompt, "key": key,
         "representation_type": p.representation_type, "guidance_type": p.guidance_type,
-        "steps": result.steps, "resumed_from": result.resumed_from,
-        "distill_seconds": round(result.seconds, 2), "iterations_per_s": result.iterations_per_s,
-        "export_seconds": round(time.perf_counter() - t0, 2),
+        "steps": result.steps,
         "final_loss": _last_mean(result.curve, "loss"), "final_opacity": _last_mean(result.curve, "opacity"),
         "models": digests, "assets": assets, "export": p.export.model_dump(mode="json"),
     }
     write_summary(tmp, summary)
+    record_run(tmp, "distill", {"resumed_from": result.resumed_from, "distill_seconds": round(result.seconds, 2),
+                                "iterations_per_s": result.iterations_per_s,
+                                "export_seconds": round(time.perf_counter() - t0, 2)})
     replace_folder(tmp, out_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
     return summary

@@ -41,9 +41,16 @@ def asset_folders(*roots: Path) -> list[Path]:
     """Every distilled asset folder; one of an earlier version is listed too, so that
     loading it fails loudly (load_asset refuses its pickle) instead of it going missing."""
     from dreamline.distill.assets import is_asset_folder
+    from dreamline.paths import confine
 
-    return sorted({f for root in roots if root.exists() for f in [root, *root.rglob("*")]
-                   if f.is_dir() and is_asset_folder(f)})
+    found = set()
+    for root in roots:
+        for f in [root, *root.rglob("*")] if root.exists() else []:
+            # A symlink in an asset root that leads out of it is refused before it is looked at.
+            confine(f, root, f"{f} (under the asset root {root})", relative_to=".")
+            if f.is_dir() and is_asset_folder(f):
+                found.add(f)
+    return sorted(found)
 
 
 def evaluate_assets(p: EvaluateParams, evaluator, folders: list[Path], texts: list[str], text_emb: np.ndarray,
@@ -155,5 +162,7 @@ def evaluate(p: EvaluateParams, renders: Path, captions: Path, asset_roots: list
     # The LiT evaluator's image tower is the FID/IS feature net: load it once.
     features = evaluator.images if isinstance(getattr(evaluator, "images", None), EfficientNetLite0) else EfficientNetLite0()
     metrics["image_quality"] = image_quality(p, evaluator, images, test_captions, features, out_dir / "grids")
-    metrics["seconds"] = round(time.perf_counter() - t0, 1)
+    from dreamline.runinfo import record_run
+
+    record_run(out_dir, "evaluate", {"seconds": round(time.perf_counter() - t0, 1)})
     return metrics, asset_rows

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from dreamline.paths import confine
+
 PALETTE = ["#3366cc", "#dc3912", "#ff9900", "#109618", "#990099", "#0099c6", "#dd4477", "#66aa00"]
 CHECK_SCRIPT = """
 <script>
@@ -146,7 +148,10 @@ def texture_section(path: Path) -> list[str]:
                        ["variant", "PSNR", "ci95", "objects"]))
         s.append(table([{"renders": k, **v} for k, v in d["r_precision"].items()], rp_cols))
     for row in t.get("objects_table", [])[:4]:
-        grid = Path(row["glb"]).parent / "views.png"
+        # Paths in metrics.json are as the texture stage wrote them (relative to the project);
+        # only files inside its output folder are embedded.
+        glb = confine(row["glb"], path.parent, f"{path}: objects_table glb", relative_to=".")
+        grid = confine(glb.parent / "views.png", path.parent, f"{path}: views of {row['glb']}")
         if grid.exists():
             s.append(f"<figure>{img(grid, 256, 'views')}<figcaption>{html.escape(row['prompt'])}: with CAA "
                      f"(top), alone (bottom); PSNR {row['psnr_caa']} / {row['psnr_independent']}</figcaption></figure>")
@@ -195,7 +200,7 @@ def build_report(metrics_path: Path, assets_path: Path, distill_root: Path, mode
         s.append(table([{"model": k, **v} for k, v in q.items()], ["model", "n", "FID", "IS", "clip_score",
                                                                   "clip_score_ci95"]))
         for name in q:
-            grid = metrics_path.parent / "grids" / f"samples_{name}.png"
+            grid = confine(f"grids/samples_{name}.png", metrics_path.parent, f"{metrics_path}: image_quality.{name}")
             if grid.exists():
                 s.append(f"<figure>{img(grid, 256, name)}<figcaption>{html.escape(name)}</figcaption></figure>")
 
@@ -204,15 +209,21 @@ def build_report(metrics_path: Path, assets_path: Path, distill_root: Path, mode
 
     s.append("<h2>Assets</h2>")
     for a in assets:
-        folder = Path(a["asset"])
+        # Written by the evaluate stage: an asset under data/ (distill or ablation), a grid
+        # under the eval folder; an entry naming anything else is refused, not embedded.
+        folder = confine(a["asset"], distill_root.parent, f"{assets_path}: asset", relative_to=".")
+        grid = confine(a["grid"], metrics_path.parent, f"{assets_path}: grid of {a['asset']}",
+                       relative_to=".")
         s.append(f"<h3>{html.escape(a['prompt'])} <span class='note'>({html.escape(str(a.get('guidance_type')))}, "
-                 f"{html.escape(str(folder))})</span></h3>")
-        if (folder / "turntable.gif").exists():
-            s.append(f"<figure>{img(folder / 'turntable.gif', 128, 'turntable')}<figcaption>turntable</figcaption></figure>")
-        if Path(a["grid"]).exists():
-            s.append(f"<figure>{img(Path(a['grid']), 512, 'views')}<figcaption>colour / textureless at "
+                 f"{html.escape(str(a['asset']))})</span></h3>")
+        turntable = confine("turntable.gif", folder, f"{assets_path}: turntable of {a['asset']}")
+        if turntable.exists():
+            s.append(f"<figure>{img(turntable, 128, 'turntable')}<figcaption>turntable</figcaption></figure>")
+        if grid.exists():
+            s.append(f"<figure>{img(grid, 512, 'views')}<figcaption>colour / textureless at "
                      f"30° elevation</figcaption></figure>")
-        s.append(line_chart({"loss": read_curve(folder / "curve.csv")}, f"loss: {a['prompt']}"))
+        curve = confine("curve.csv", folder, f"{assets_path}: loss curve of {a['asset']}")
+        s.append(line_chart({"loss": read_curve(curve)}, f"loss: {a['prompt']}"))
 
     s.append("<h2>Training curves</h2>")
     s.append(line_chart({name: read_curve(models_root / name / "curve.csv")

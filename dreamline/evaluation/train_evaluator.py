@@ -60,9 +60,11 @@ def train_evaluator(p: EvaluatorParams, renders: Path, captions: Path, out_dir: 
     tmp = fresh_folder(out_dir)
     evaluator.save(tmp, {"feature_net": FEATURE_NET, "trained_on": "train split renders + captions"})
     write_loss_curve_csv(curve, tmp / "curve.csv")
-    summary = {"evaluator": name, "feature_net": FEATURE_NET, "retrieval": heldout,
-               "steps": p.steps, "seconds": round(time.perf_counter() - t0, 2)}
+    summary = {"evaluator": name, "feature_net": FEATURE_NET, "retrieval": heldout, "steps": p.steps}
     write_summary(tmp, summary)
+    from dreamline.runinfo import record_run
+
+    record_run(tmp, "train_evaluator", {"seconds": round(time.perf_counter() - t0, 2)})
     replace_folder(tmp, out_dir)
     log(f"evaluator {name}: val R@1 {heldout['val']['R@1']:.3f} (chance {heldout['val']['chance_R@1']:.3f})")
     return summary

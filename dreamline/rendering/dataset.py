@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from dreamline.paths import confine
+
 
 def _read_png(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path), dtype=np.float32) / 255.0
@@ -36,12 +38,25 @@ class _Base(Dataset):
         if not 0.0 <= original_text_prob <= 1.0:
             raise ValueError("original_text_prob must be in [0, 1]")
         self.root = Path(renders_root)
-        index = pd.read_parquet(self.root / "index.parquet")
+        self.index_path = self.root / "index.parquet"
+        index = pd.read_parquet(self.index_path)
         self.views = _join(index, pd.read_parquet(captions_path), split)
+        # Every file a row names must lie in the renders folder: refuse a crafted row now,
+        # naming it, rather than read outside when an item is drawn.
+        for r in self.views.itertuples():
+            for column in ("rgba_path", "ccm_path"):
+                if hasattr(r, column):
+                    self._file(r, column)
         self.background = background
         self.original_text_prob = original_text_prob
         self.suffix = suffix
         self.seed = seed
+
+    def _file(self, row, column: str) -> Path:
+        value = row[column] if isinstance(row, pd.Series) else getattr(row, column)
+        uid = row["uid"] if isinstance(row, pd.Series) else row.uid
+        view = row["view_id"] if isinstance(row, pd.Series) else row.view_id
+        return confine(value, self.root, f"{self.index_path}: row uid={uid} view_id={view}, {column}")
 
     def _rng(self, i: int) -> np.random.Generator:
         # Per-item generator: the same item gives the same background and caption choice
@@ -75,7 +90,7 @@ class MultiViewSets(_Base):
         bg = self._bg(rng)
         images = []
         for r in views.itertuples():
-            rgba = _read_png(self.root / r.rgba_path)
+            rgba = _read_png(self._file(r, "rgba_path"))
             rgb = rgba[..., :3] * rgba[..., 3:] + bg * (1.0 - rgba[..., 3:])
             images.append(torch.from_numpy(rgb).permute(2, 0, 1) * 2.0 - 1.0)
         cams = torch.tensor(np.stack(views["c2w"].to_numpy()), dtype=torch.float32)
@@ -99,8 +114,8 @@ class CCMViews(_Base):
 
     def __getitem__(self, i: int) -> dict:
         r = self.rows.iloc[i]
-        ccm = _read_png(self.root / r["ccm_path"])
-        mask = _read_png(self.root / r["rgba_path"])[..., 3] > 0.5
+        ccm = _read_png(self._file(r, "ccm_path"))
+        mask = _read_png(self._file(r, "rgba_path"))[..., 3] > 0.5
         ccm_t = torch.from_numpy(ccm).permute(2, 0, 1) * 2.0 - 1.0
         return {"ccm": ccm_t, "mask": torch.from_numpy(mask), "camera": torch.tensor(r["c2w"], dtype=torch.float32),
                 "caption": self._caption(r, self._rng(i)), "uid": r["uid"]}

@@ -25,12 +25,16 @@ from dreamline.atomic import write_bytes_atomic, write_json_atomic
 from dreamline.config import RenderParams
 from dreamline.rendering.cameras import Camera, agp_views, mvdream_view_set
 
-RENDER_VERSION = 1
+# The code a rendered view comes from (the renderer is handed to render_one as an object,
+# so it is named here): a change to any file it can run re-renders, nothing else does.
+RENDER_CODE = ("dreamline.rendering.views", "dreamline.rendering.renderer")
 
 
 def render_key(mesh_sha256: str, p: RenderParams) -> str:
+    from dreamline.lineage.code import code_digest
+
     settings = p.model_dump(mode="json", exclude={"shard_size", "retries", "backend", "timeout_s"})
-    blob = json.dumps([mesh_sha256, settings, RENDER_VERSION], sort_keys=True)
+    blob = json.dumps([mesh_sha256, settings, code_digest(*RENDER_CODE)], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -65,9 +69,16 @@ def load_mesh(path: Path) -> trimesh.Trimesh:
     return mesh
 
 
+def object_folder(out_root: Path, uid: str) -> Path:
+    """objects/<uid> under the render output; a uid that would lead elsewhere is refused."""
+    from dreamline.paths import confine
+
+    return confine(f"objects/{uid}", out_root, f"render folder of object {uid!r}")
+
+
 def finished_result(uid: str, mesh_sha256: str, p: RenderParams, out_root: Path) -> dict | None:
     """The stored result of an object already rendered with this mesh and these settings."""
-    done = Path(out_root) / "objects" / uid / "done.json"
+    done = object_folder(out_root, uid) / "done.json"
     try:
         prev = json.loads(done.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -85,7 +96,7 @@ def render_one(uid: str, mesh_path: Path, mesh_sha256: str, p: RenderParams, out
     previous = finished_result(uid, mesh_sha256, p, out_root)
     if previous is not None:
         return previous
-    folder = Path(out_root) / "objects" / uid
+    folder = object_folder(out_root, uid)
     key = render_key(mesh_sha256, p)
     done = folder / "done.json"
     mesh = load_mesh(mesh_path)

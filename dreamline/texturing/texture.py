@@ -26,6 +26,8 @@ import torch
 
 from dreamline.config import TextureParams
 from dreamline.models.weights import load_pretrained
+from dreamline.paths import confine
+from dreamline.runinfo import record_run
 from dreamline.rendering.cameras import Camera, framing_distance
 from dreamline.rendering.reprojection import overlap_psnr, warp
 
@@ -117,6 +119,7 @@ def distilled_meshes(root: Path) -> list[tuple[Path, str]]:
 
     out = []
     for mesh in sorted(Path(root).glob("*/mesh.glb")) if Path(root).exists() else []:
+        confine(mesh, root, f"distilled mesh {mesh}", relative_to=".")
         summary = mesh.parent / "summary.json"
         if summary.exists():
             out.append((mesh.parent, json.loads(summary.read_text())["prompt"]))
@@ -202,7 +205,8 @@ def texture(p: TextureParams, curated: Path, captions: Path, renders: Path, out_
     rows, generated, renders_by = [], {"caa": [], "independent": []}, {"textured": [], "untextured": [], "own_colours": []}
     units, true = [], []
     for k, r in enumerate(chosen.itertuples()):
-        mesh = trimesh.load(Path(curated) / r.mesh_path, force="mesh", process=False)
+        mesh_path = confine(r.mesh_path, curated, f"{Path(curated) / 'objects.parquet'}: row uid={r.uid}, mesh_path")
+        mesh = trimesh.load(mesh_path, force="mesh", process=False)
         row, images, shown = texture_object(pipe, mesh, r.caption, p, Path(out_dir) / r.uid, "own_colours")
         row["uid"] = r.uid
         for name in generated:
@@ -240,5 +244,5 @@ def texture(p: TextureParams, curated: Path, captions: Path, renders: Path, out_
         prompts = sorted({prompt for _, prompt in folders})
         metrics["distilled"] = texture_distilled(pipe, p, folders, distilled_out or Path(out_dir).parent / "distilled",
                                                  evaluator, sorted(set(texts) | set(prompts)), log)
-    metrics["seconds"] = round(time.perf_counter() - t0, 1)
+    record_run(out_dir, "texture", {"seconds": round(time.perf_counter() - t0, 1)})
     return metrics

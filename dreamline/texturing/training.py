@@ -20,6 +20,7 @@ import torch
 
 from dreamline.config import TrainCAAParams, TrainDepthParams
 from dreamline.models.weights import load_pretrained
+from dreamline.paths import confine
 from dreamline.rendering.cameras import Camera
 from dreamline.training.common import (fresh_folder, file_digest, load_base_pipeline, pixel_resolution,
                                        renders_digest, replace_folder, run_key, training_record, write_summary)
@@ -36,7 +37,8 @@ def view_depths(renders_root: Path, rows, resolution: int) -> np.ndarray:
     """(N, R, R) depth of each row's view (arrays.npz of its object), read at R x R pixel centres."""
     out = np.zeros((len(rows), resolution, resolution))
     for path, group in rows.groupby("arrays_path", sort=False):
-        arrays = np.load(Path(renders_root) / path)
+        arrays = np.load(confine(path, renders_root, f"{Path(renders_root) / 'index.parquet'}: rows uid="
+                                                     f"{group['uid'].iloc[0]}, arrays_path"))
         where = {str(v): i for i, v in enumerate(arrays["view_id"])}
         for pos, view_id in zip(group.index, group["view_id"]):
             out[rows.index.get_loc(pos)] = depth_at(arrays["depth"][where[str(view_id)]], resolution, resolution)

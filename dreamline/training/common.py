@@ -120,8 +120,13 @@ def pixel_resolution(pipe) -> int:
 
 
 def training_record(result, folder: Path, name: str = "curve.csv") -> dict:
-    """The loop's result as JSON-ready numbers; its loss curve copied beside the model."""
+    """The loop's result as JSON-ready numbers, its loss curve copied beside the model.
+    Only what the weights determine goes into the summary; wall time, throughput and the
+    step a resumed run started from go to the folder's untracked run.json."""
+    from dreamline.runinfo import record_run
+
     if result.curve and Path(result.curve).exists():
         shutil.copyfile(result.curve, folder / name)
-    return {"steps": result.step, "final_loss": result.loss, "seconds": round(result.seconds, 2),
-            "samples_per_s": result.samples_per_s, "resumed_from": result.resumed_from}
+    record_run(folder, Path(name).stem, {"seconds": round(result.seconds, 2), "samples_per_s": result.samples_per_s,
+                                         "resumed_from": result.resumed_from})
+    return {"steps": result.step, "final_loss": result.loss}

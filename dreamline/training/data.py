@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dreamline.paths import confine
+
 
 class TrainingDataError(ValueError):
     """The renders or captions cannot give the batches a training stage needs."""
@@ -66,6 +68,14 @@ def _downsample_ccm(ccm: np.ndarray, mask: np.ndarray, size: int) -> torch.Tenso
     return torch.where(cover >= 0.5, mean * 2.0 - 1.0, torch.full_like(mean, -1.0))[0]
 
 
+def view_file(root: Path, row, column: str, index_path: Path | str) -> Path:
+    """A file named by a render-index row, confined to the renders folder: a row whose path
+    leads outside it (`..`, absolute, a symlink out) is refused, naming the row, unread."""
+    return confine(getattr(row, column), root,
+                   f"{index_path}: row uid={row.uid} kind={row.kind} set={row.set} "
+                   f"view_id={row.view_id}, {column}")
+
+
 def load_views(renders_root: str | Path, captions_path: str | Path, resolution: int, *,
                kinds: tuple[str, ...] = ("mv", "agp"), splits: tuple[str, ...] = ("train",),
                with_ccm: bool = False) -> ViewTable:
@@ -84,10 +94,11 @@ def load_views(renders_root: str | Path, captions_path: str | Path, resolution: 
         raise TrainingDataError(f"no {'/'.join(kinds)} views in split(s) {'/'.join(splits)} under {root}")
     rgba, ccm = [], []
     for r in rows.itertuples():
-        image = _png(root / r.rgba_path)
+        image = _png(view_file(root, r, "rgba_path", index_path))
         rgba.append(_downsample_rgba(image, resolution))
         if with_ccm:
-            ccm.append(_downsample_ccm(_png(root / r.ccm_path), image[..., 3] > 0.5, resolution))
+            ccm.append(_downsample_ccm(_png(view_file(root, r, "ccm_path", index_path)),
+                                       image[..., 3] > 0.5, resolution))
     cameras = torch.tensor(np.stack(rows["c2w"].to_numpy()), dtype=torch.float32)
     return ViewTable(rows, torch.stack(rgba), torch.stack(ccm) if with_ccm else None, cameras)
 

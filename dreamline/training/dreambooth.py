@@ -17,7 +17,8 @@ from PIL import Image
 from dreamline.config import DreamBoothParams
 from dreamline.training.common import (training_record, file_digest, fresh_folder, load_base_pipeline, orbit_cameras,
                                        pixel_resolution, replace_folder, run_key, write_summary)
-from dreamline.training.data import TrainingDataError
+from dreamline.paths import confine
+from dreamline.training.data import TrainingDataError, view_file
 from dreamline.training.objectives import DenoiseBatch, training_loss
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
@@ -30,7 +31,8 @@ def load_identity_images(folder: Path, resolution: int) -> torch.Tensor:
         raise TrainingDataError(f"{folder}: no identity images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     out = []
     for f in files:
-        img = Image.open(f).convert("RGBA")
+        # A symlink in the folder that points out of it is refused, not followed.
+        img = Image.open(confine(f.name, folder, f"dreambooth identity image {f}")).convert("RGBA")
         side = min(img.size)
         left, top = (img.width - side) // 2, (img.height - side) // 2
         img = img.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.BOX)
@@ -46,11 +48,13 @@ def default_identity(renders_root: Path, captions_path: Path, dest: Path) -> tup
     test = sorted(caps.loc[caps["split"] == "test", "uid"])
     if not test:
         raise TrainingDataError("no test-split object to use as the DreamBooth identity")
-    index = pd.read_parquet(Path(renders_root) / "index.parquet")
+    index_path = Path(renders_root) / "index.parquet"
+    index = pd.read_parquet(index_path)
     views = index[(index["uid"] == test[0]) & (index["kind"] == "mv") & (index["set"] == 0)]
     dest.mkdir(parents=True, exist_ok=True)
     for r in views.sort_values("view_id").itertuples():
-        Image.open(Path(renders_root) / r.rgba_path).save(dest / f"{r.view_id}.png")
+        Image.open(view_file(Path(renders_root), r, "rgba_path", index_path)).save(
+            confine(f"{r.view_id}.png", dest, f"{index_path}: row uid={r.uid} view_id={r.view_id}"))
     return dest, test[0]
 
 

@@ -18,8 +18,9 @@ Files under ``out_dir``:
 
 * ``checkpoints/step-<N>.safetensors`` (the latest two; dreamline.tensorfile, no pickle) and
   ``checkpoints/latest.json``;
-* ``curve.csv``: ``step,loss,lr,samples_per_s,seconds``, one row per ``log_every`` steps
-  (and one at the last step), for DVC plots.
+* ``curve.csv``: ``step,loss,lr``, one row per ``log_every`` steps (and one at the last
+  step), for DVC plots; equal runs write equal bytes (throughput goes to the log and to
+  TrainResult, never into the curve).
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ log = logging.getLogger("dreamline.training")
 
 CHECKPOINT_FORMAT = 1
 KEEP_CHECKPOINTS = 2
-CURVE_COLUMNS = ("step", "loss", "lr", "samples_per_s", "seconds")
+CURVE_COLUMNS = ("step", "loss", "lr")
 # Mixed into the per-step seeds so that they never coincide with batch_indices' streams.
 _STEP_SEED_TAG = 0x5354_4550
 _CKPT_RE = re.compile(r"^step-(\d+)\.safetensors$")
@@ -247,8 +248,7 @@ def _write_curve(path: Path, rows: list[dict[str, Any]]) -> None:
     lines = [",".join(CURVE_COLUMNS)]
     for r in rows:
         # repr keeps loss and lr exact, so curves of equal runs are byte-equal there.
-        lines.append(f"{r['step']},{r['loss']!r},{r['lr']!r},{r['samples_per_s']:.3f},"
-                     f"{r['seconds']:.3f}")
+        lines.append(f"{r['step']},{r['loss']!r},{r['lr']!r}")
     write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())
 
 
@@ -461,9 +461,7 @@ class Trainer:
                 done = self.step == p.steps
                 if self.step % p.log_every == 0 or done:
                     sps = interval_steps * self.samples_per_step / interval_s if interval_s > 0 else 0.0
-                    row = {"step": self.step, "loss": sum(self._pending) / len(self._pending),
-                           "lr": lr, "samples_per_s": sps,
-                           "seconds": self._seconds_before + time.perf_counter() - t_start}
+                    row = {"step": self.step, "loss": sum(self._pending) / len(self._pending), "lr": lr}
                     self.history.append(row)
                     self._pending = []
                     interval_s, interval_steps = 0.0, 0
