@@ -92,48 +92,138 @@ def wait_healthy(url: str, timeout: float, proc: Optional[subprocess.Popen] = No
     raise TimeoutError(f"prefect server at {url} not healthy after {timeout:.0f} s")
 
 
+# The server runs as `python -c _SERVER_LAUNCHER LIFELINE_FD PARENT_PID GRACE prefect-args...`:
+# one process that is `prefect server start` (workers=1 runs uvicorn and the services in that
+# process: no children) plus a watchdog thread. The watchdog holds the read end of a pipe whose
+# only write end stays in the parent; the kernel closes it however the parent ends (exit,
+# Ctrl-C, SIGTERM, SIGKILL, OOM), so EOF on it - or the parent pid changing, if a forked child
+# of the parent still held the write end - means the parent is gone. The server then SIGTERMs
+# its own process group (itself and anything it started there), and SIGKILLs it after GRACE.
+_SERVER_LAUNCHER = r"""
+import os, select, signal, sys, threading, time
+fd, parent, grace = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+if sys.platform.startswith("linux"):
+    try:  # the kernel's own parent-death signal too: no wait for the watchdog's next tick
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+def watch():
+    while os.getppid() == parent:
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        if ready and not os.read(fd, 64):
+            break
+    try:
+        os.killpg(0, signal.SIGTERM)
+        time.sleep(grace)
+    finally:
+        os.killpg(0, signal.SIGKILL)
+threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+import runpy
+sys.argv = ["prefect", *sys.argv[4:]]
+runpy.run_module("prefect", run_name="__main__", alter_sys=True)
+"""
+
+
 @contextlib.contextmanager
 def local_server(port: Optional[int] = None, home: Optional[Path] = None, log: Optional[Path] = None,
-                 timeout: float = 120) -> Iterator[tuple[str, subprocess.Popen]]:
+                 timeout: float = 120, grace: float = 20) -> Iterator[tuple[str, subprocess.Popen]]:
     """`prefect server start` on 127.0.0.1 (scheduler included) as a child process; yields
-    (api_url, process) and stops it by its pid on exit."""
+    (api_url, process) and stops it on exit.
+
+    The server never outlives this process. On POSIX it runs in its own session (a Ctrl-C at
+    the terminal reaches only this process, which then stops it in order) with a watchdog
+    that stops it when this process ends in any way, SIGKILL included (see _SERVER_LAUNCHER);
+    on Linux PR_SET_PDEATHSIG signals it at once as well. PDEATHSIG fires when the *thread*
+    that started the server ends, so enter this context from the thread that outlives the
+    server (the main thread in `dreamline serve`). Elsewhere (Windows) the server is stopped
+    on exit only: a parent killed outright leaves it running."""
     port = port or free_port()
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
     env.pop("PREFECT_API_URL", None)
     if home is not None:
         env["PREFECT_HOME"] = str(home)
+    args = ["server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"]
     out = open(log, "ab") if log else subprocess.DEVNULL
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port), "--no-ui"], env=env, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}/api"
+    lifeline = None
     try:
-        wait_healthy(url, timeout, proc)
-        yield url, proc
+        if os.name == "posix":
+            read_end, lifeline = os.pipe()        # both non-inheritable: no other child holds them
+            try:
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", _SERVER_LAUNCHER, str(read_end), str(os.getpid()), str(grace), *args],
+                    env=env, stdout=out, stderr=subprocess.STDOUT, pass_fds=(read_end,), start_new_session=True)
+            finally:
+                os.close(read_end)
+        else:
+            proc = subprocess.Popen([sys.executable, "-m", "prefect", *args], env=env, stdout=out,
+                                    stderr=subprocess.STDOUT,
+                                    creationflags=getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0))
+        url = f"http://127.0.0.1:{port}/api"
+        try:
+            wait_healthy(url, timeout, proc)
+            yield url, proc
+        finally:
+            stop(proc, grace)
     finally:
-        stop(proc)
+        if lifeline is not None:
+            os.close(lifeline)
         if log:
             out.close()
 
 
 def stop(proc: subprocess.Popen, grace: float = 20) -> None:
-    """SIGTERM the process group (the server's uvicorn and services), SIGKILL if it lingers."""
+    """SIGTERM the server's process group (uvicorn, services, anything they started), SIGKILL
+    what lingers after `grace` seconds; returns once the server process has been reaped."""
     import signal
 
-    if proc.poll() is not None:
+    if os.name != "posix":
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         return
-    with contextlib.suppress(ProcessLookupError):
+    if proc.returncode is not None:     # reaped already: its pid (and group id) may be reused
+        return
+    # Until it is reaped below, the server's pid - its group's id - cannot be reused.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(grace)
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(grace)
+        pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within: SIGTERM unwinds like Ctrl-C (KeyboardInterrupt), so `finally` clean-up runs.
+    Only the main thread receives signals; elsewhere this does nothing."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def serve(config: Path, root: Path, names: Optional[list[str]] = None) -> None:
-    """Serve the deployments of `config` (all, or those in `names`) until interrupted."""
+    """Serve the deployments of `config` (all, or those in `names`) until interrupted
+    (Ctrl-C or SIGTERM). A local server this starts is stopped however serve ends."""
     from prefect import serve as prefect_serve
 
     specs = read_deployments(config)
@@ -143,13 +233,17 @@ def serve(config: Path, root: Path, names: Optional[list[str]] = None) -> None:
             raise DeploymentFileError(f"{config}: no deployment named {', '.join(unknown)} "
                                       f"(have: {', '.join(s.name for s in specs)})")
         specs = [s for s in specs if s.name in names]
-    if os.environ.get("PREFECT_API_URL"):
-        prefect_serve(*runner_deployments(specs, root))
-        return
-    with local_server(log=root / ".prefect-server.log") as (url, proc):
-        print(f"started a local Prefect server (pid {proc.pid}) at {url}; its log: .prefect-server.log", flush=True)
-        os.environ["PREFECT_API_URL"] = url
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        with temporary_settings({PREFECT_API_URL: url}):
+    # prefect's Runner installs its own SIGTERM handler while it runs (it stops the runner and
+    # raises SystemExit): that unwinds through local_server's clean-up too.
+    with sigterm_as_interrupt():
+        if os.environ.get("PREFECT_API_URL"):
             prefect_serve(*runner_deployments(specs, root))
+            return
+        with local_server(log=root / ".prefect-server.log") as (url, proc):
+            print(f"started a local Prefect server (pid {proc.pid}) at {url}; its log: .prefect-server.log",
+                  flush=True)
+            os.environ["PREFECT_API_URL"] = url
+            from prefect.settings import PREFECT_API_URL, temporary_settings
+
+            with temporary_settings({PREFECT_API_URL: url}):
+                prefect_serve(*runner_deployments(specs, root))

@@ -156,12 +156,9 @@ def test_serve_builds_the_same_deployments_from_prefect_yaml(tmp_path):
     assert proc.returncode == 2 and "only cron schedules" in proc.stderr
 
 
-def test_dreamline_serve_without_a_server_runs_a_triggered_deployment(tmp_path):
-    """`dreamline serve` with no PREFECT_API_URL: starts its own server, serves prefect.yaml's
-    deployments, runs a triggered one, and on Ctrl-C stops the server it started."""
+def _serve_repo(tmp_path):
+    """A repo with prefect.yaml's deployments and a one-stage dvc.yaml; the env to serve it in."""
     import os
-    import re
-    import signal
     import subprocess
 
     root = tmp_path / "repo"
@@ -173,39 +170,154 @@ def test_dreamline_serve_without_a_server_runs_a_triggered_deployment(tmp_path):
         subprocess.run(cmd, cwd=root, check=True, capture_output=True)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONPATH=str(root))
+    return root, env
+
+
+def _start_serve(root, env, ceiling: float = 180):
+    """`dreamline serve -d full-pipeline` in its own session; returns (process, server pid, api)
+    once the deployment is registered, i.e. prefect's runner is serving."""
+    import re
+    import subprocess
+
     serve = subprocess.Popen([sys.executable, "-m", "dreamline.cli", "serve", "-d", "full-pipeline"], cwd=root,
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
+    first = serve.stdout.readline()                     # printed once the server is healthy
+    found = re.search(r"pid (\d+)\) at (\S+);", first)
+    if not found:
+        _end(serve)
+        raise AssertionError(first + serve.stdout.read()[-3000:])
+    server_pid, api = int(found.group(1)), found.group(2)
+    import threading
+
+    serve.output = []                                   # drained, so a full pipe never blocks serve
+    threading.Thread(target=lambda: serve.output.extend(serve.stdout), daemon=True).start()
+    deadline = time.monotonic() + ceiling
+    while httpx.get(f"{api}/deployments/name/dvc-pipeline/full-pipeline").status_code != 200:
+        if time.monotonic() > deadline or serve.poll() is not None:
+            _end(serve)
+            raise AssertionError("serve did not register the deployment:\n" + "".join(serve.output)[-3000:])
+        time.sleep(0.5)
+    return serve, server_pid, api
+
+
+def _end(serve) -> None:
+    """SIGKILL what is left of serve's session (clean-up only, never what a test checks)."""
+    import os
+    import signal
+
     try:
-        first = serve.stdout.readline()
-        found = re.search(r"pid (\d+)\) at (\S+);", first)
-        assert found, first
-        server_pid, api = int(found.group(1)), found.group(2)
-        deadline = time.time() + 120
-        while httpx.get(f"{api}/deployments/name/dvc-pipeline/full-pipeline").status_code != 200:
-            assert time.time() < deadline and serve.poll() is None, "serve did not register the deployment"
-            time.sleep(1)
+        os.killpg(serve.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    serve.wait()
+
+
+def _living(pgid: int) -> list[int]:
+    """Processes of the group `pgid` that have not exited (a zombie waiting for init to reap
+    it has exited: os.kill(pid, 0) still finds it, so /proc is read on Linux)."""
+    import os
+    from pathlib import Path
+
+    proc = Path("/proc")
+    if not (proc / "self/stat").exists():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return []
+        return [pgid]
+    out = []
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in "ZX":    # state, ppid, pgrp
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _wait_server_gone(server_pid: int, ceiling: float = 60) -> float:
+    """Seconds until the server and every process of its group have exited; fails after
+    `ceiling` (a bound for a stuck machine, not what the test measures)."""
+    import os
+    import signal
+
+    started = time.monotonic()
+    while _living(server_pid):
+        if time.monotonic() - started > ceiling:
+            left = _living(server_pid)
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            raise AssertionError(f"the server's processes {left} outlived serve by {ceiling:.0f} s")
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def test_dreamline_serve_without_a_server_runs_a_triggered_deployment(tmp_path):
+    """`dreamline serve` with no PREFECT_API_URL: starts its own server, serves prefect.yaml's
+    deployments, runs a triggered one, and on Ctrl-C stops the server it started."""
+    import os
+    import signal
+    import subprocess
+
+    root, env = _serve_repo(tmp_path)
+    serve, server_pid, api = _start_serve(root, env)
+    try:
         run = subprocess.run([sys.executable, "-m", "prefect", "deployment", "run", "dvc-pipeline/full-pipeline"],
                              cwd=root, env={**env, "PREFECT_API_URL": api}, capture_output=True, text=True,
                              check=True).stdout
         flow_run_id = next(line.split()[-1] for line in run.splitlines() if "UUID" in line)
-        state = {}
-        while time.time() < deadline + 120:
+        state, deadline = {}, time.monotonic() + 300
+        while time.monotonic() < deadline:
             state = httpx.get(f"{api}/flow_runs/{flow_run_id}").json()["state"] or {}
             if state.get("type") in ("COMPLETED", "FAILED", "CRASHED"):
                 break
-            time.sleep(1)
+            time.sleep(0.5)
         assert state.get("type") == "COMPLETED", state
         assert (root / "hello.txt").read_text() == "hi" and "1 of 1 stage(s) ran" in state["message"]
-    finally:
-        os.killpg(serve.pid, signal.SIGINT)
+
+        os.killpg(serve.pid, signal.SIGINT)                        # Ctrl-C at serve's terminal
         try:
-            serve.wait(60)
+            serve.wait(180)
         except subprocess.TimeoutExpired:
-            os.killpg(serve.pid, signal.SIGKILL)
-            serve.wait(10)
-    with pytest.raises(ProcessLookupError):                        # the server it started is gone
-        os.kill(server_pid, 0)
+            raise AssertionError("serve did not end within 180 s of Ctrl-C") from None
+    finally:
+        if serve.poll() is None:
+            _end(serve)
+    _wait_server_gone(server_pid)                                  # the server it started is gone
+    with pytest.raises(ProcessLookupError):
+        os.killpg(server_pid, 0)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{api}/health", timeout=2)
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_dreamline_serve_ended_by_a_signal_takes_its_server_with_it(tmp_path, how):
+    """SIGTERM unwinds serve like Ctrl-C; SIGKILL (the OOM killer, `kill -9`) gives serve no
+    chance to clean up, and the server still ends (its watchdog sees its parent go)."""
+    import os
+    import signal
+
+    root, env = _serve_repo(tmp_path)
+    serve, server_pid, api = _start_serve(root, env)
+    try:
+        os.kill(serve.pid, getattr(signal, how))
+        if how == "SIGTERM":
+            serve.wait(180)
+            assert serve.returncode in (0, 1), serve.returncode       # it ended itself, not the signal
+        else:
+            serve.wait(60)
+            assert serve.returncode == -signal.SIGKILL
+    finally:
+        if serve.poll() is None:
+            _end(serve)
+    _wait_server_gone(server_pid)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{api}/health", timeout=2)
 
 
 def test_a_stage_failing_every_time_is_retried_then_reported_with_its_attempts(tmp_path, prefect_api_url,

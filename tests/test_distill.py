@@ -94,10 +94,24 @@ def test_exported_mesh_loads_back_with_sensible_bounds(models, priors, tmp_path)
 
 
 def test_killed_run_resumes_to_the_same_asset(models, priors, tmp_path):
+    """A distillation SIGKILLed in the middle of writing its step-6 checkpoint (steps 5 and 6
+    done, their checkpoint under its temporary name only) resumes from step 4 to the asset
+    of an unbroken run. tests/kill_after_write.py places the kill on that write, not on a
+    clock, so a fast or a slow machine kills it at the same point."""
+    import signal
+    import subprocess
+    from pathlib import Path
+
     p = tiny_params(models, guidance_type="mv-sds+agp", steps=6, checkpoint_every=2)
     whole = distill(p, "a red chair", priors, tmp_path / "one", key="k")
-    part = distill(p, "a red chair", priors, tmp_path / "two", key="k", stop_after=4)
-    assert part.steps == 4
+    (tmp_path / "params.json").write_text(p.model_dump_json())
+    tests = Path(__file__).parent
+    killed = subprocess.run([sys.executable, str(tests / "kill_after_write.py"),
+                             r"(^|/)two/checkpoint\.(pt|safetensors)$", "3", "--before",
+                             str(tests / "distill_process.py"), str(tmp_path / "params.json"), "a red chair",
+                             str(tmp_path / "two"), "k"], capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stdout[-2000:], killed.stderr[-3000:])
+    assert len(list((tmp_path / "two").glob(".checkpoint.*.tmp"))) == 1      # the write it died in
     resumed = distill(p, "a red chair", priors, tmp_path / "two", key="k")
     assert resumed.resumed_from == 4
     for (name, a), b in zip(whole.representation.state_dict().items(), resumed.representation.state_dict().values()):

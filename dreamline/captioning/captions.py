@@ -58,10 +58,13 @@ def caption_table(items: list[CaptionInput], captions: list[str], keys: list[str
 
 
 def caption_key(item: CaptionInput, mesh_sha256: str | None, p: CaptionParams) -> str:
-    """What a caption depends on: the object's text and mesh, and the captioner settings."""
+    """What a caption depends on: the object's text and mesh, the captioner settings and
+    the captioner's code."""
+    from dreamline.lineage.code import code_digest
+
     blob = json.dumps([item.uid, item.name, list(item.tags), item.category, item.colour,
                        mesh_sha256, p.captioner_type, p.captioner_config().model_dump(mode="json"),
-                       p.seed], sort_keys=True)
+                       p.seed, code_digest(_MODULES[p.captioner_type])], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 

@@ -1,7 +1,7 @@
 """Curation: every candidate gets a row; kept objects get a normalised GLB.
 
-Work on an object is keyed by the sha256 of its file, the geometry parameters and
-GEOMETRY_VERSION. A per-object record (written atomically after its mesh) holds the key and
+Work on an object is keyed by the sha256 of its file, the geometry parameters and the
+code that checks and normalises it (dreamline.lineage.code). A per-object record (written atomically after its mesh) holds the key and
 the verdict, so a rerun re-does only objects whose key changed and a killed run resumes
 where it stopped. objects.parquet is assembled from the records last.
 """
@@ -26,8 +26,9 @@ from dreamline.curation.metadata_filter import PATH_PROBLEM, UNSAFE_PATH, filter
 from dreamline.paths import UnsafePathError
 from dreamline.sources import objaverse_reader as ov
 
-# Bump when geometry checks or normalisation change meaning: every object is redone.
-GEOMETRY_VERSION = 1
+# What decides an object's verdict and GLB: a change to any file this function can run
+# redoes every object; other edits redo none.
+GEOMETRY_CODE = "dreamline.curation.curate:curate_object"
 
 STAT_COLUMNS = {
     "n_faces": pa.int64(), "n_vertices": pa.int64(), "extent_x": pa.float64(),
@@ -71,7 +72,9 @@ class CuratedLayout:
 
 
 def geometry_key(sha256: str, p: GeometryParams) -> str:
-    blob = json.dumps([sha256, p.model_dump(mode="json"), GEOMETRY_VERSION], sort_keys=True)
+    from dreamline.lineage.code import code_digest
+
+    blob = json.dumps([sha256, p.model_dump(mode="json"), code_digest(GEOMETRY_CODE)], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
