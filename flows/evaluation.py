@@ -49,9 +49,14 @@ def evaluate_flow(params: Params, renders: Path = paths.RENDERS, captions: Path 
     return {"real_R@1": real["R@1"], "assets": {k: v["colour_R@1"] for k, v in metrics["assets"].items()}}
 
 
+REPORT_SECTIONS = ("distill", "evaluate", "evaluator", "ablation", "texture")
+
+
 @flow(name="report")
 def report_flow(params: Params, eval_dir: Path = paths.EVAL, distill_root: Path = paths.DISTILL,
                 models_root: Path = paths.MODELS, out: Path = paths.REPORT / "index.html",
                 texture: Path = paths.DATA / "texture" / "metrics.json") -> dict:
-    path = report_task(eval_dir, distill_root, models_root, out, texture)
+    # The sections the report is about, as validated (the --params file, defaults filled in).
+    shown = {k: getattr(params, k).model_dump(mode="json") for k in REPORT_SECTIONS}
+    path = report_task(eval_dir, distill_root, models_root, out, texture, shown)
     return {"report": path}

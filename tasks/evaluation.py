@@ -25,9 +25,10 @@ def evaluate_task(p, renders: Path, captions: Path, asset_roots: list[Path], out
 
 
 @task(name="report", cache_policy=NO_CACHE)
-def report_task(eval_dir: Path, distill_root: Path, models_root: Path, out: Path, texture: Path | None = None) -> str:
+def report_task(eval_dir: Path, distill_root: Path, models_root: Path, out: Path, texture: Path | None = None,
+                params: dict | None = None) -> str:
     from dreamline.evaluation.report import build_report
 
     return str(build_report(Path(eval_dir) / "metrics.json", Path(eval_dir) / "assets.json", Path(distill_root),
-                            Path(models_root), Path("params.yaml"), Path("dvc.lock"), Path(out),
+                            Path(models_root), params, Path("dvc.lock"), Path(out),
                             Path(texture) if texture else None))

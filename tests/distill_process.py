@@ -14,7 +14,12 @@ from dreamline.config import DistillParams
 from dreamline.distill.loop import PriorCache, distill
 
 if __name__ == "__main__":
+    import torch
+
     params, prompt, work, key = sys.argv[1:5]
     p = DistillParams.model_validate_json(Path(params).read_text())
+    # The process settings of the test process it is compared with (tests/conftest.py: the
+    # params' one thread, denormals not flushed): they change the floats.
+    torch.set_num_threads(p.threads)
     result = distill(p, prompt, PriorCache(), Path(work), key=key)
     print(f"distilled {prompt!r}: {result.steps} steps, resumed from {result.resumed_from}")

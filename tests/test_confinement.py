@@ -412,7 +412,7 @@ def test_report_embeds_nothing_named_from_outside_its_inputs(tmp_path, monkeypat
     def build(a):
         (data / "eval/assets.json").write_text(json.dumps([a]))
         return build_report(data / "eval/metrics.json", data / "eval/assets.json", data / "distill",
-                            data / "models", Path("params.yaml"), Path("dvc.lock"), data / "report/index.html")
+                            data / "models", None, Path("dvc.lock"), data / "report/index.html")
 
     assert "data:image/png;base64" in build(asset).read_text()
     touched = watch(outside)

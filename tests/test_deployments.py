@@ -152,7 +152,7 @@ def test_serve_builds_the_same_deployments_from_prefect_yaml(tmp_path):
                    "    schedules:\n      - interval: 60\n")
     from conftest import Project
 
-    proc = Project(REPO, None).run(sys.executable, "-m", "dreamline.cli", "serve", "--config", str(bad), check=False)
+    proc = Project(REPO, None).run(sys.executable, "-m", "flows.cli", "serve", "--config", str(bad), check=False)
     assert proc.returncode == 2 and "only cron schedules" in proc.stderr
 
 
@@ -179,7 +179,7 @@ def _start_serve(root, env, ceiling: float = 180):
     import re
     import subprocess
 
-    serve = subprocess.Popen([sys.executable, "-m", "dreamline.cli", "serve", "-d", "full-pipeline"], cwd=root,
+    serve = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "-d", "full-pipeline"], cwd=root,
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
     first = serve.stdout.readline()                     # printed once the server is healthy

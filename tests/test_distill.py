@@ -169,12 +169,12 @@ def test_distill_stage_and_generate_cli(tmp_path, prefect_api_url):
     bad = project.run(sys.executable, "-m", "stages.distill", "--prompt", "green-tree", check=False)
     assert bad.returncode != 0 and "green-tree" in bad.stderr + bad.stdout
 
-    cli = project.run(sys.executable, "-m", "dreamline.cli", "generate", "a blue mug", "--guidance", "ism",
+    cli = project.run(sys.executable, "-m", "flows.cli", "generate", "a blue mug", "--guidance", "ism",
                       "--representation", "gaussians", "--steps", "2", "--set", "representation.num_points=32",
                       "--out", "out/mug")
     assert (project.root / "out/mug/point_cloud.ply").is_file(), cli.stdout
     s = json.loads((project.root / "out/mug/summary.json").read_text())
     assert s["guidance_type"] == "ism" and s["representation_type"] == "gaussians"
-    typo = project.run(sys.executable, "-m", "dreamline.cli", "generate", "a mug", "--guidance", "sdss",
+    typo = project.run(sys.executable, "-m", "flows.cli", "generate", "a mug", "--guidance", "sdss",
                        check=False)
     assert typo.returncode != 0 and "sdss" in typo.stderr + typo.stdout

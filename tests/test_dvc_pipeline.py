@@ -45,7 +45,7 @@ def test_lineage_why_and_diff_answer_from_the_lock(reproduced, tmp_path):
     import json
 
     project = _copy(reproduced, tmp_path / "p")
-    cli = (sys.executable, "-m", "dreamline.cli")
+    cli = (sys.executable, "-m", "flows.cli")
     lock = yaml.safe_load((project.root / "dvc.lock").read_text())["stages"]
 
     out = json.loads(project.run(*cli, "lineage", "data/renders/index.parquet", "--json").stdout)
@@ -174,7 +174,7 @@ def test_lineage_of_the_embedded_default_metrics_matches_dvc(tmp_path):
     from conftest import Project
 
     lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
-    cli = (sys.executable, "-m", "dreamline.cli", "lineage")
+    cli = (sys.executable, "-m", "flows.cli", "lineage")
     out = json.loads(Project(REPO, None).run(*cli, "data/eval/metrics.json", "--json").stdout)
     with Repo(str(REPO)) as repo:
         graph = repo.index.graph

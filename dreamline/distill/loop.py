@@ -101,12 +101,9 @@ def _read_checkpoint(work_dir: Path, key: str, log: Callable[[str], None] | None
 def distill(p: DistillParams, prompt: str, priors: PriorCache, work_dir: Path, key: str,
             stop_after: int | None = None, log: Callable[[str], None] | None = None) -> DistillResult:
     """Optimise a representation for `prompt`. Checkpoints go to work_dir; a checkpoint of
-    the same key resumes. `stop_after` ends the call early (tests of resumption)."""
-    torch.set_num_threads(p.threads)
-    # Optimised fields drive UNet activations into subnormal floats, which x86 computes
-    # ~3x slower (measured: 0.94 -> 2.85 it/s for mv-sds+agp); flushing them to zero is
-    # deterministic and below any precision SDS cares about.
-    torch.set_flush_denormal(True)
+    the same key resumes. `stop_after` ends the call early (tests of resumption).
+    Thread count and flush-denormal mode are the caller's (stages/_common.py sets them from
+    `distill.threads` for the stage and for `dreamline generate`)."""
     g = torch.Generator().manual_seed(p.seed)
     rep = build_representation(p.representation_type, p.representation_config(), g)
     terms = build_terms(p, priors)

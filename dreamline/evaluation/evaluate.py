@@ -134,7 +134,6 @@ def image_quality(p: EvaluateParams, evaluator, real_images: torch.Tensor, capti
 
 def evaluate(p: EvaluateParams, renders: Path, captions: Path, asset_roots: list[Path], out_dir: Path,
              radius: float, log=print) -> dict:
-    torch.set_num_threads(p.threads)
     t0 = time.perf_counter()
     evaluator = load_evaluator(p.evaluator)
     folders = asset_folders(*asset_roots)

@@ -110,11 +110,16 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, width: 
     return "".join(parts) + "</svg>"
 
 
+TRAIN_LOSS = "dvclive/plots/metrics/train/loss.tsv"   # under a model folder
+
+
 def read_curve(path: Path, y: str = "loss", every: int = 1) -> list[tuple[float, float]]:
+    """(step, y) of a loss curve: a distill asset's curve.csv, or a DVCLive metric history
+    (`<model>/dvclive/plots/metrics/train/loss.tsv`: tab-separated `step`, `loss`)."""
     if not path.exists():
         return []
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
     pts = [(float(r["step"]), float(r[y])) for r in rows if r.get(y) not in (None, "")]
     # Smooth noisy SDS curves with a running mean so trends are visible.
     k = max(1, len(pts) // 60)
@@ -159,7 +164,9 @@ def texture_section(path: Path) -> list[str]:
 
 
 def build_report(metrics_path: Path, assets_path: Path, distill_root: Path, models_root: Path,
-                 params_path: Path, lock_path: Path, out: Path, texture_path: Path | None = None) -> Path:
+                 params: dict | None, lock_path: Path, out: Path, texture_path: Path | None = None) -> Path:
+    """`params`: the validated parameter sections to show (what the stage ran with, defaults
+    filled in), not a file read here."""
     m = json.loads(metrics_path.read_text())
     assets = json.loads(assets_path.read_text()) if assets_path.exists() else []
     s = ["<!doctype html><html><head><meta charset='utf-8'><title>dreamline report</title>", STYLE,
@@ -226,17 +233,15 @@ def build_report(metrics_path: Path, assets_path: Path, distill_root: Path, mode
         s.append(line_chart({"loss": read_curve(curve)}, f"loss: {a['prompt']}"))
 
     s.append("<h2>Training curves</h2>")
-    s.append(line_chart({name: read_curve(models_root / name / "curve.csv")
+    # Each training stage's loss as DVCLive logged it (dreamline.training.common.write_dvclive).
+    s.append(line_chart({name: read_curve(models_root / name / TRAIN_LOSS)
                          for name in ("base", "mv", "mv_3d", "agp", "evaluator", "depth", "mvdiffusion")},
                         "training loss"))
 
     s.append("<h2>Where this came from</h2><p class='note'>The parameters and the data version "
              "(dvc.lock: every stage's inputs and outputs by hash) this report was built from.</p>")
-    if params_path.exists():
-        params = yaml.safe_load(params_path.read_text())
-        shown = {k: params.get(k) for k in ("distill", "evaluate", "evaluator", "ablation", "texture")
-                 if k in params}
-        s.append(f"<pre>{html.escape(yaml.safe_dump(shown, sort_keys=False))}</pre>")
+    if params:
+        s.append(f"<pre>{html.escape(yaml.safe_dump(params, sort_keys=False))}</pre>")
     if lock_path.exists():
         lock = yaml.safe_load(lock_path.read_text()) or {}
         outs = [{"stage": st, "output": o["path"], "md5": o.get("md5", "")}

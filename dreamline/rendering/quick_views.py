@@ -8,16 +8,12 @@ the training-view renderer.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
-# PyOpenGL picks its platform once, at first import; headless machines have no display, so
-# OSMesa must be chosen before anything (pyrender, pyglet, trimesh.viewer) pulls OpenGL in.
-# setdefault keeps an explicit choice such as "egl" on GPU hosts.
-os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
-
+# PyOpenGL picks its platform once, at first import: the entry points set
+# PYOPENGL_PLATFORM (osmesa on headless machines) before anything pulls OpenGL in.
 from dreamline.rendering.cameras import orbit_c2w
 
 YFOV_DEG = 40.0

@@ -34,8 +34,8 @@ import trimesh
 
 from dreamline.rendering.cameras import Camera
 
-# PyOpenGL fixes its platform at first import; setdefault keeps an explicit choice.
-os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+# PyOpenGL fixes its platform at first import: the entry points (stages/_common.py,
+# scripts/env.sh, the CLI, tests/conftest.py) set PYOPENGL_PLATFORM before pyrender loads.
 
 _AMBIENT = (0.35, 0.35, 0.35)
 _LIGHT_INTENSITY = 2.5

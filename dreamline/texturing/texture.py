@@ -186,7 +186,6 @@ def texture(p: TextureParams, curated: Path, captions: Path, renders: Path, out_
     from dreamline.evaluation.train_evaluator import real_views
     from dreamline.texturing.pipeline import MVDiffusionPipeline
 
-    torch.set_num_threads(p.threads)
     t0 = time.perf_counter()
     pipe = load_pretrained(MVDiffusionPipeline, p.model, "texture.model")
     pipe.set_progress_bar_config(disable=True)

@@ -22,7 +22,7 @@ from dreamline.config import TrainCAAParams, TrainDepthParams
 from dreamline.models.weights import load_pretrained
 from dreamline.paths import confine
 from dreamline.rendering.cameras import Camera
-from dreamline.training.common import (fresh_folder, file_digest, load_base_pipeline, pixel_resolution,
+from dreamline.training.common import (fresh_folder, keeps_global_rng, file_digest, load_base_pipeline, pixel_resolution,
                                        renders_digest, replace_folder, run_key, training_record, write_summary)
 from dreamline.training.data import choose_captions, load_views, view_sets
 # The multi-view stage's helpers: views over white through the codec, and the text bank.
@@ -50,6 +50,7 @@ def view_cameras(rows) -> list[Camera]:
             for r in rows.itertuples()]
 
 
+@keeps_global_rng
 def train_depth(p: TrainDepthParams, renders_root: Path, captions_path: Path, out_dir: Path, work_dir: Path,
                 max_tokens: int = 16) -> dict:
     from diffusers import DDPMScheduler
@@ -141,6 +142,7 @@ def batch_geometry(per_size: dict, chosen: np.ndarray) -> dict:
     return {hw: Correspondences(tgt[idx], val[idx], others) for hw, (tgt, val, others) in per_size.items()}
 
 
+@keeps_global_rng
 def train_caa(p: TrainCAAParams, renders_root: Path, captions_path: Path, out_dir: Path, work_dir: Path) -> dict:
     from diffusers import DDPMScheduler
 

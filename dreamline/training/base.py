@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from dreamline.config import TrainBaseParams
-from dreamline.training.common import (training_record, file_digest, fresh_folder, heldout_captions, renders_digest,
+from dreamline.training.common import (keeps_global_rng, training_record, file_digest, fresh_folder, heldout_captions, renders_digest,
                                        replace_folder, run_key, sampling_scheduler,
                                        training_scheduler, write_summary)
 from dreamline.training.data import (TextBank, all_texts, choose_captions, load_views)
@@ -73,6 +73,7 @@ def caption_losses(unet, scheduler, val, bank: TextBank, codec, p: TrainBasePara
     return comparison_table(results, "right_caption", p.train.seed)
 
 
+@keeps_global_rng
 def train_base(p: TrainBaseParams, renders_root: Path, captions_path: Path, out_dir: Path,
                work_dir: Path) -> dict:
     from dreamline.models.grid import grid_image

@@ -1,6 +1,7 @@
 """What the training stages share: schedulers, run keys, sample cameras, atomic model folders."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -14,6 +15,17 @@ import torch
 from dreamline.atomic import write_json_atomic
 from dreamline.config import DiffusionParams
 from dreamline.rendering.cameras import orbit_c2w
+
+
+def keeps_global_rng(fn):
+    """Run `fn` on a private copy of torch's global CPU RNG. Trainers seed it (module
+    initialisers draw from it and take no generator); the caller's state is left as it was,
+    so no library call changes process-wide state."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def training_scheduler(p: DiffusionParams):
@@ -119,14 +131,62 @@ def pixel_resolution(pipe) -> int:
     return int(pipe.unet.config.sample_size) * int(factor)
 
 
-def training_record(result, folder: Path, name: str = "curve.csv") -> dict:
-    """The loop's result as JSON-ready numbers, its loss curve copied beside the model.
-    Only what the weights determine goes into the summary; wall time, throughput and the
-    step a resumed run started from go to the folder's untracked run.json."""
+LIVE_DIR = "dvclive"
+
+
+def write_dvclive(rows: list[dict], folder: Path, prefix: str = "train") -> Path:
+    """A finished loss curve logged through DVCLive into `folder` (a fresh directory):
+    `metrics.json` (the last row, what `dvc metrics` / `dvc exp show` read) and
+    `plots/metrics/<prefix>/<column>.tsv` (`step` and the value: what `dvc plots` draws).
+
+    Written once, at the end, from the rows alone (no timestamps, no host data): equal
+    curves give equal bytes, so a killed-and-resumed run's folder hashes like an unbroken
+    one's. No dvc.yaml, report or experiment of its own: the project's dvc.yaml lists these
+    files (top-level `metrics:` / `plots:`)."""
+    from dvclive import Live
+
+    class FilesOnly(Live):
+        # Live() otherwise opens the DVC repository around the working directory: in a git
+        # repository with no commit yet it raises (dvclive 3.49.1), in one without .dvc it
+        # runs `dvc init`. Writing files needs neither, nor Studio's live updates.
+        def _init_dvc(self) -> None:
+            pass
+
+        def _init_studio(self) -> None:
+            self._studio_events_to_skip.update(("start", "data", "done"))
+
+    live = FilesOnly(dir=str(folder), save_dvc_exp=False, dvcyaml=None, report=None)
+    for row in rows:
+        live.step = int(row["step"])
+        for key, value in row.items():
+            if key != "step" and value not in (None, ""):
+                live.log_metric(f"{prefix}/{key}", float(value))
+    live.make_summary()   # metrics.json; not end(): no experiment, Studio or VS Code signal
+    return folder
+
+
+def read_curve_rows(path: Path) -> list[dict]:
+    """The rows of the loop's work-dir curve.csv (step,loss,lr), numbers as logged."""
+    import csv
+
+    with Path(path).open(newline="") as f:
+        return [{"step": int(r["step"]), **{k: float(v) for k, v in r.items() if k != "step" and v != ""}}
+                for r in csv.DictReader(f)]
+
+
+def training_record(result, folder: Path, name: str = LIVE_DIR) -> dict:
+    """The loop's result as JSON-ready numbers; its loss curve logged through DVCLive into
+    folder/<name> (`dvclive`, or e.g. `dvclive_ablation` for a second run of a stage).
+    Only what the weights determine goes into the summary and the DVCLive files; wall time,
+    throughput and the step a resumed run started from go to the folder's untracked
+    run.json (section `training`, or `training_ablation` for `dvclive_ablation`)."""
     from dreamline.runinfo import record_run
 
     if result.curve and Path(result.curve).exists():
-        shutil.copyfile(result.curve, folder / name)
-    record_run(folder, Path(name).stem, {"seconds": round(result.seconds, 2), "samples_per_s": result.samples_per_s,
-                                         "resumed_from": result.resumed_from})
+        rows = read_curve_rows(result.curve)
+        if rows:
+            write_dvclive(rows, folder / name)
+    section = "training" + name[len(LIVE_DIR):] if name.startswith(LIVE_DIR) else name
+    record_run(folder, section, {"seconds": round(result.seconds, 2), "samples_per_s": result.samples_per_s,
+                                 "resumed_from": result.resumed_from})
     return {"steps": result.step, "final_loss": result.loss}

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from dreamline.config import DreamBoothParams
-from dreamline.training.common import (training_record, file_digest, fresh_folder, load_base_pipeline, orbit_cameras,
+from dreamline.training.common import (keeps_global_rng, training_record, file_digest, fresh_folder, load_base_pipeline, orbit_cameras,
                                        pixel_resolution, replace_folder, run_key, write_summary)
 from dreamline.paths import confine
 from dreamline.training.data import TrainingDataError, view_file
@@ -64,6 +64,7 @@ def preservation_l1(model: torch.nn.Module, theta0: list[torch.Tensor]) -> torch
     return sum((q - q0).abs().sum() for q, q0 in zip(params, theta0)) / total
 
 
+@keeps_global_rng
 def dreambooth(p: DreamBoothParams, renders_root: Path, captions_path: Path, out_dir: Path,
                work_dir: Path) -> dict:
     from diffusers import DDPMScheduler

@@ -413,7 +413,6 @@ class Trainer:
 
     def run(self) -> TrainResult:
         p = self.params
-        torch.set_num_threads(p.threads)
         self._clean_temp_files()
         resumed_from, checkpoint = self._resume()
         # Rows a killed run logged past its last checkpoint are dropped here.

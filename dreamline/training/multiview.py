@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from dreamline.config import TrainMVParams
-from dreamline.training.common import (training_record, file_digest, fresh_folder, heldout_captions,
+from dreamline.training.common import (keeps_global_rng, training_record, file_digest, fresh_folder, heldout_captions,
                                        load_base_pipeline, orbit_cameras, pixel_resolution,
                                        renders_digest, replace_folder, run_key, write_summary)
 from dreamline.training.data import TextBank, all_texts, choose_captions, load_views, view_sets
@@ -68,6 +68,7 @@ def heldout_comparison(base_unet, mv_unet, pipe, val, bank, p: TrainMVParams, ma
     return table
 
 
+@keeps_global_rng
 def train_mv(p: TrainMVParams, renders_root: Path, captions_path: Path, out_dir: Path,
              work_dir: Path, max_tokens: int = 16) -> dict:
     from dreamline.models.grid import grid_image

@@ -1,4 +1,7 @@
-"""`dreamline` command line: sampling from trained models (more commands join per stage)."""
+"""`dreamline` command line: sampling, distilling one prompt, serving the deployments, lineage.
+
+It runs flows, so it lives with them, outside the library (`dreamline/` never imports the
+orchestration layer); like the stage entry points it makes the process-wide settings."""
 from __future__ import annotations
 
 import os
@@ -9,6 +12,7 @@ import typer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")   # before anything imports OpenGL
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="dreamline: text-to-3D pipeline tools (stages run through `dvc repro`).")
@@ -128,7 +132,9 @@ def generate(prompt: str = typer.Argument(..., help="text prompt"),
         raise typer.Exit(2) from None
     from flows.distill import distill_flow
     from flows.runners import shared_api_server
+    from stages._common import configure_process
 
+    configure_process("distill", checked)     # the distill stage's threads and float mode
     slug = folder.name
     with shared_api_server(checked.execution):
         summary = distill_flow(checked, [slug], out_root=folder.parent,
