@@ -27,7 +27,8 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
-CODE = ("dreamline", "flows", "tasks", "stages", "dvc.yaml", "params.yaml", "pyproject.toml", "prefect.yaml")
+CODE = ("dreamline", "flows", "tasks", "stages", "dvc.yaml", "params.yaml", "pyproject.toml", "prefect.yaml",
+        ".dvcignore")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,53 @@
+"""Every DVC output is a pure function of its inputs: `dvc repro -f` of a stage writes the
+same bytes again (same md5 in dvc.lock), so nothing downstream reruns.
+
+The training stage's twin of this test is in tests/test_training_stages.py (it needs the
+rendered tiny corpus that module builds)."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import yaml
+
+from conftest import make_project
+from tiny_models import save_tiny_priors
+
+
+def dvc(project, *args):
+    return project.run(sys.executable, "-m", "dvc", *args, timeout=600)
+
+
+def locked_outs(project, stage: str) -> dict[str, str]:
+    lock = yaml.safe_load((project.root / "dvc.lock").read_text())["stages"][stage]
+    return {o["path"]: o["md5"] for o in lock["outs"]}
+
+
+def init_dvc(project) -> None:
+    project.run("git", "init", "-q")
+    dvc(project, "init", "-q")
+    dvc(project, "config", "core.analytics", "false")
+
+
+@pytest.mark.slow
+def test_forced_distill_rerun_writes_identical_outputs(tmp_path, prefect_api_url):
+    project = make_project(tmp_path, prefect_api_url)
+    save_tiny_priors(project.root / "data" / "models")
+    guidance = {name: {"model": f"data/models/{m}"} for name, m in
+                (("sds", "base"), ("ism", "base"), ("mv-sds", "mv"), ("agp", "agp"))}
+    project.set_params({"distill": {
+        "representation": {"resolution": 8, "samples_per_ray": 8}, "guidance": guidance,
+        "steps": 3, "resolution": 8, "threads": 1, "prompts": {"red-chair": "a red chair"},
+        "export": {"mesh_resolution": 12, "view_resolution": 16, "turntable_frames": 3}}})
+    init_dvc(project)
+    stage = "distill@red-chair"
+    out = dvc(project, "repro", "--single-item", stage).stdout
+    assert f"Running stage '{stage}'" in out
+    first = locked_outs(project, stage)
+    # The run's timings went to the untracked run.json, beside the tracked outputs.
+    assert (project.root / "data/distill/red-chair/run.json").is_file()
+
+    out = dvc(project, "repro", "-f", "--single-item", stage).stdout
+    assert f"Running stage '{stage}'" in out
+    assert locked_outs(project, stage) == first
+    assert "up to date" in dvc(project, "status", stage).stdout
