@@ -252,7 +252,7 @@ class TrainBaseParams(Strict):
     original_text_prob: float = Field(0.3, ge=0.0, le=1.0)
     unet: UNetParams = UNetParams()
     diffusion: DiffusionParams = DiffusionParams()
-    train: TrainingParams = TrainingParams()
+    train: TrainingParams = TrainingParams(steps=500, sample_captions=6)
 
 
 class TrainMVParams(Strict):
@@ -280,7 +280,7 @@ class TrainAGPParams(Strict):
     # Train the same model with the camera switched off, for the held-out comparison.
     ablation: bool = True
     eval_timesteps: int = Field(8, ge=1, le=1000)
-    train: TrainingParams = TrainingParams(steps=200, batch_size=32, lr=3e-4)
+    train: TrainingParams = TrainingParams(steps=300, batch_size=32, lr=1e-3, sample_captions=6)
 
 
 class TrainDepthParams(Strict):
@@ -290,14 +290,14 @@ class TrainDepthParams(Strict):
     original_text_prob: float = Field(0.3, ge=0.0, le=1.0)
     # Held-out (val) loss with the view's own depth vs another object's depth vs no depth.
     eval_timesteps: int = Field(8, ge=1, le=1000)
-    train: TrainingParams = TrainingParams(steps=300, batch_size=32, lr=3e-4, sample_captions=0)
+    train: TrainingParams = TrainingParams(steps=1500, batch_size=32, lr=1e-3, sample_captions=0)
 
 
 class TrainCAAParams(Strict):
     """MVDiffusion stage 2: correspondence-aware attention blocks on the frozen depth model."""
     depth_model: str = "data/models/depth"
     num_views: int = Field(4, ge=2, le=32)
-    heads: int = Field(1, ge=1, le=64)
+    heads: int = Field(4, ge=1, le=64)
     kernel: int = Field(3, ge=1, le=9)              # K of the K x K neighbourhood
     num_freqs: int = Field(4, ge=1, le=16)          # displacement encoding
     depth_tol: float = Field(0.05, gt=0.0)          # occlusion test, world units (objects are unit size)
@@ -306,11 +306,12 @@ class TrainCAAParams(Strict):
     eval_timesteps: int = Field(8, ge=1, le=1000)
     # Training timesteps are drawn from [min_timestep, T): below it a view's own noisy image
     # fixes its content, the other views add nothing, and the large v-loss there only adds noise.
-    min_timestep: int = Field(0, ge=0, le=999)
+    min_timestep: int = Field(300, ge=0, le=999)
     # Share of view sets whose views each draw their own timestep: a view noisier than its
     # neighbours can only gain by reading them through CAA, which is the skill sampling needs.
     independent_timesteps: float = Field(0.0, ge=0.0, le=1.0)
-    train: TrainingParams = TrainingParams(steps=200, batch_size=4, lr=1e-3, sample_captions=2, sample_steps=20)
+    train: TrainingParams = TrainingParams(steps=900, batch_size=4, lr=3e-3, ema_decay=0.99, sample_captions=2,
+                                           sample_steps=20)
 
     @model_validator(mode="after")
     def _odd_kernel(self) -> "TrainCAAParams":
@@ -323,7 +324,7 @@ class TextureParams(Strict):
     """MVDiffusion depth-to-image texturing of test objects, with its evaluation."""
     model: str = "data/models/mvdiffusion"
     evaluator: str = "data/models/evaluator"
-    objects: int = Field(8, ge=1, le=100_000)       # test-split objects, by uid
+    objects: int = Field(16, ge=1, le=100_000)      # test-split objects, by uid
     views: int = Field(4, ge=2, le=64)              # generated views around each object
     elevation_deg: float = Field(20.0, ge=-89.0, le=89.0)
     fov_deg: float = Field(40.0, gt=1.0, lt=179.0)
