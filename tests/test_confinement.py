@@ -209,38 +209,36 @@ def test_unsafe_mirror_paths_are_rejected_and_never_touched(crafted_mirror, tmp_
 
 
 def test_reader_refuses_unsafe_entries_before_objaverse_sees_them(crafted_mirror, watch, monkeypatch):
-    import objaverse
-
-    from dreamline.sources import objaverse_reader as ov
+    from dreamline.sources.objaverse_reader import ObjaverseCache
 
     mirror_root, outside, uids = crafted_mirror
     touched = watch(outside)
-    ov.use_objaverse_root(mirror_root)
+    cache = ObjaverseCache(mirror_root)
+    # As for real Objaverse, where a missing GLB is downloaded (objaverse.load_objects):
+    # the download is a spy that must never be asked.
+    cache.downloads = True
     seen = []
-    real = objaverse.load_objects
-    monkeypatch.setattr(objaverse, "load_objects", lambda u, **k: seen.append(u) or real(u, **k))
+    monkeypatch.setattr(cache, "_download_object", seen.append)
     for uid in uids:
         with pytest.raises(UnsafePathError, match="refused"):
-            ov.load_object(uid)
+            cache.load_object(uid)
     assert seen == [] and touched == []
-    groups, unsafe = ov.check_object_paths(objaverse.load_uids())
+    groups, unsafe = cache.check_object_paths(cache.uids())
     assert set(unsafe) == set(uids) - {"f" * 31 + "3"}  # the symlink is found when it would be read
     assert not (set(uids) & {u for g in groups.values() for u in g}) - {"f" * 31 + "3"}
     # uids_by_shard does not trip over an entry with no shard component.
-    paths = objaverse._load_object_paths()
-    monkeypatch.setattr(objaverse, "_load_object_paths", lambda: {**paths, "x": "x.glb", "y": 3})
-    assert "x" not in {u for g in ov.uids_by_shard(list(paths) + ["x", "y"]).values() for u in g}
+    paths = cache.object_paths()
+    monkeypatch.setattr(cache, "object_paths", lambda: {**paths, "x": "x.glb", "y": 3})
+    assert "x" not in {u for g in cache.uids_by_shard(list(paths) + ["x", "y"]).values() for u in g}
 
 
 def test_mirror_index_files_that_are_symlinks_out_of_the_mirror_are_refused(crafted_mirror, watch):
-    import objaverse
-
-    from dreamline.sources import objaverse_reader as ov
+    from dreamline.sources.objaverse_reader import ObjaverseCache
 
     mirror_root, outside, _ = crafted_mirror
     base = mirror_root / "hf-objaverse-v1"
-    ov.use_objaverse_root(mirror_root)
-    uids = objaverse.load_uids()
+    ov = ObjaverseCache(mirror_root)
+    uids = ov.uids()
     by_shard, _ = ov.check_object_paths(uids)
     shard = next(s for s in by_shard if s != "000-001")
     (base / f"metadata/{shard}.json.gz").rename(outside / "shard.json.gz")
@@ -251,7 +249,7 @@ def test_mirror_index_files_that_are_symlinks_out_of_the_mirror_are_refused(craf
     groups, unsafe = ov.check_object_paths(uids)
     assert shard not in groups and all(f"metadata shard {shard}" in unsafe[u] for u in by_shard[shard])
     with pytest.raises(UnsafePathError, match="lvis-annotations"):
-        ov.load_lvis_categories()
+        ov.lvis_categories()
     assert touched == []
 
 

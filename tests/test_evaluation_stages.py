@@ -49,6 +49,12 @@ def test_evaluation_stages_and_report_in_a_browser(tmp_path, prefect_api_url):
     project.stage("train_evaluator")
     ev = json.loads((project.root / "data/models/evaluator/summary.json").read_text())
     assert ev["retrieval"]["val"]["n_captions"] >= 2 and "lit-minilm-effnetlite0" in ev["evaluator"]
+    # Its curve through DVCLive (train/loss, train/temperature per step), no curve.csv.
+    live = project.root / "data/models/evaluator/dvclive"
+    assert not (live.parent / "curve.csv").exists()
+    loss = (live / "plots/metrics/train/loss.tsv").read_text().splitlines()
+    assert loss[0] == "step\tloss" and len(loss) == 1 + TINY["evaluator"]["steps"]
+    assert json.loads((live / "metrics.json").read_text())["step"] == TINY["evaluator"]["steps"]
 
     project.stage("distill")
     for g in ("sds", "ism"):
@@ -68,6 +74,9 @@ def test_evaluation_stages_and_report_in_a_browser(tmp_path, prefect_api_url):
     text = report.read_text()
     assert "http://" not in text and "https://" not in text          # nothing to fetch
     assert "Guidance ablation" in text and m["evaluator"] in text
+    # The training-loss chart, read from the DVCLive logs: the evaluator's curve is drawn.
+    chart = re.search(r'<svg class="plot"[^>]*><title>training loss</title>.*?</svg>', text).group(0)
+    assert ">evaluator</text>" in chart and chart.count("<polyline") >= 1
     browser = chromium()
     if browser is None:
         if os.environ.get("CI"):

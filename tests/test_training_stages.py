@@ -1,7 +1,8 @@
 """train_base -> train_mv / train_agp -> dreambooth through their real entry points
 (`python -m stages.<name>`) on a tiny project: model folders that load back, held-out
-tables, curves and sample grids; a SIGKILLed training stage that resumes to the weights of
-an unbroken run; invalid params that stop a stage before any work."""
+tables, DVCLive curves (read back by `dvc plots show` / `dvc exp show`) and sample grids; a
+SIGKILLed training stage that resumes to the weights of an unbroken run; invalid params that
+stop a stage before any work."""
 from __future__ import annotations
 
 import json
@@ -22,7 +23,6 @@ from PIL import Image
 
 from conftest import make_project
 
-CURVE_HEADER = "step,loss,lr"
 BASE_STEPS = 24
 TINY = {
     "mirror": {"categories": ["chair", "car", "lamp", "mug"], "instances_per_category": 3,
@@ -58,7 +58,12 @@ TINY = {
 }
 PIXELS = TINY["train_base"]["resolution"]
 STAGE_MODEL = {"train_base": "base", "train_mv": "mv", "train_mv_3d": "mv_3d", "train_agp": "agp",
-               "dreambooth": "dreambooth", "train_depth": "depth", "train_caa": "mvdiffusion"}
+               "dreambooth": "dreambooth", "train_depth": "depth", "train_caa": "mvdiffusion",
+               "train_evaluator": "evaluator"}
+# Each model folder's DVCLive log: (model, DVCLive dir, logged columns besides step).
+LIVE_LOGS = [(m, "dvclive", ("loss", "lr")) for m in ("base", "mv", "mv_3d", "agp", "dreambooth", "depth",
+                                                     "mvdiffusion")]
+LIVE_LOGS += [("agp", "dvclive_ablation", ("loss", "lr")), ("evaluator", "dvclive", ("loss", "temperature"))]
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +100,24 @@ def unet_weights(folder: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def curve_steps(folder: Path, name: str = "curve.csv") -> list[int]:
-    lines = (folder / name).read_text().splitlines()
-    assert lines[0] == CURVE_HEADER
-    rows = [line.split(",") for line in lines[1:]]
-    assert rows and all(len(r) == 3 and math.isfinite(float(r[1])) for r in rows), lines
-    return [int(r[0]) for r in rows]
+def curve_steps(folder: Path, live: str = "dvclive", columns: tuple[str, ...] = ("loss", "lr")) -> list[int]:
+    """Steps of the loss curve DVCLive logged into folder/<live>: one `step<TAB>value` history
+    per column (plots/metrics/train/<column>.tsv), the last row of each in metrics.json."""
+    assert not (folder / "curve.csv").exists(), "the curve lives in the DVCLive folder only"
+    metrics = json.loads((folder / live / "metrics.json").read_text())
+    steps = None
+    for column in columns:
+        lines = (folder / live / "plots/metrics/train" / f"{column}.tsv").read_text().splitlines()
+        assert lines[0] == f"step\t{column}", lines[:2]
+        rows = [line.split("\t") for line in lines[1:]]
+        assert rows and all(len(r) == 2 and math.isfinite(float(r[1])) for r in rows), lines
+        assert metrics["train"][column] == float(rows[-1][1]), (column, metrics, rows[-1])
+        assert steps is None or [int(r[0]) for r in rows] == steps
+        steps = [int(r[0]) for r in rows]
+    assert metrics["step"] == steps[-1] and set(metrics) == {"train", "step"}, metrics
+    assert sorted(p.name for p in (folder / live / "plots/metrics/train").iterdir()) == sorted(
+        f"{c}.tsv" for c in columns)
+    return steps
 
 
 def grid_size(n: int, nrow: int, px: int = PIXELS, padding: int = 2) -> tuple[int, int]:
@@ -133,6 +150,8 @@ def check_training(project, name: str, steps: int) -> dict:
     t = s["training"]
     assert t["steps"] == steps and math.isfinite(t["final_loss"]), t
     assert curve_steps(folder) == list(range(1, steps + 1))
+    live = json.loads((folder / "dvclive/metrics.json").read_text())
+    assert live["train"]["loss"] == pytest.approx(t["final_loss"], rel=1e-12), (live, t)
     assert not (project.root / "data/checkpoints" / name).exists(), "checkpoints are scratch"
     assert not (project.root / "data/models" / f"{name}.partial").exists()
     return s
@@ -160,7 +179,7 @@ def test_killed_train_base_resumes_to_unbroken_weights(tiny):
 
     def resumed_from() -> int | None:
         # A run fact, not a result: in the model folder's untracked run.json (dreamline.runinfo).
-        return json.loads((root / "data/models/base/run.json").read_text())["curve"]["resumed_from"]
+        return json.loads((root / "data/models/base/run.json").read_text())["training"]["resumed_from"]
 
     tiny.stage("train_base")
     resumed = check_training(tiny, "base", BASE_STEPS)
@@ -185,7 +204,7 @@ def test_killed_train_base_resumes_to_unbroken_weights(tiny):
                 if p.is_file() and p.name != "run.json"}
 
     got, want = files(aside), files(root / "data/models/base")
-    assert got.keys() == want.keys()
+    assert got.keys() == want.keys() and "dvclive/metrics.json" in got
     assert [k for k in got if got[k] != want[k]] == []
 
 
@@ -238,7 +257,7 @@ def test_training_stages_end_to_end(tiny):
     agp = check_training(tiny, "agp", 3)
     check_table(agp["heldout"], ("agp", "agp_camera_off"), agp["heldout_views"] * 2)
     assert agp["ablation_training"]["steps"] == 3
-    assert curve_steps(models / "agp", "curve_ablation.csv") == [1, 2, 3]
+    assert curve_steps(models / "agp", "dvclive_ablation") == [1, 2, 3]
     k = min(2, agp["heldout_views"])
     check_samples(models / "agp", grid_size(2 * k, k))
     samples = agp["samples"]
@@ -285,6 +304,8 @@ def test_mvdiffusion_stages_end_to_end(tiny):
     assert pipe.caa is not None and len(pipe.caa.blocks) == 2 * 2 + 1
 
     tiny.stage("train_evaluator")
+    assert curve_steps(root / "data/models/evaluator", columns=("loss", "temperature")) == list(
+        range(1, TINY["evaluator"]["steps"] + 1))
     # A distilled asset as the distill stage writes it: a vertex-coloured mesh.glb + summary.json.
     asset = root / "data/distill/a-box"
     asset.mkdir(parents=True, exist_ok=True)
@@ -310,9 +331,56 @@ def test_mvdiffusion_stages_end_to_end(tiny):
         assert (root / row["glb"]).with_name("views.png").exists()
 
 
+def test_dvc_reads_every_training_curve_and_final_loss(tiny):
+    """The project's dvc.yaml (top-level `metrics:` / `plots:`) names every training stage's
+    DVCLive files: `dvc plots show` draws each curve, `dvc metrics show` and `dvc exp show`
+    carry each final loss. Reads the models the tests above trained (trains any missing)."""
+    root = tiny.root
+    ensure_models(tiny, *STAGE_MODEL)
+    if not (root / ".dvc").exists():
+        tiny.run("git", "init", "-q")
+        tiny.run(sys.executable, "-m", "dvc", "init", "-q")
+        tiny.run(sys.executable, "-m", "dvc", "config", "core.analytics", "false")
+        # `dvc exp show` needs a baseline commit; the models stay untracked workspace files.
+        tiny.run("git", "add", "dvc.yaml", "params.yaml", ".dvc")
+        tiny.run("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny")
+
+    def dvc_json(*args: str):
+        proc = tiny.run(sys.executable, "-m", "dvc", *args, "--json", check=False)
+        # Stages this module never runs (evaluate, texture's plots) are reported missing: rc 0 or 1.
+        assert proc.returncode in (0, 1) and proc.stdout.strip(), (args, proc.returncode, proc.stderr[-3000:])
+        return json.loads(proc.stdout)
+
+    plots = dvc_json("plots", "show")["data"]
+    for model, live, columns in LIVE_LOGS:
+        for column in columns:
+            path = f"data/models/{model}/{live}/plots/metrics/train/{column}.tsv"
+            assert path in plots, (path, sorted(plots))
+            values = plots[path][0]["content"]["data"]["values"]
+            want = (root / path).read_text().splitlines()[1:]
+            assert [(int(v["step"]), float(v[column])) for v in values] == [
+                (int(a), float(b)) for a, b in (line.split("\t") for line in want)], path
+            assert plots[path][0]["content"]["encoding"]["x"]["field"] == "step"
+
+    def final_losses(metrics: dict) -> dict:
+        return {path: m["data"]["train"]["loss"] for path, m in metrics.items()
+                if path.endswith("/metrics.json") and "data" in m and "train" in m["data"]}
+
+    want = {f"data/models/{m}/{live}/metrics.json":
+            json.loads((root / "data/models" / m / live / "metrics.json").read_text())["train"]["loss"]
+            for m, live, _ in LIVE_LOGS}
+    assert final_losses(dvc_json("metrics", "show")[""]["data"]) == want
+    workspace = dvc_json("exp", "show")[0]
+    assert workspace["rev"] == "workspace"
+    assert final_losses(workspace["data"]["metrics"]) == want
+    assert all(math.isfinite(v) for v in want.values())
+    base = workspace["data"]["metrics"]["data/models/base/dvclive/metrics.json"]["data"]
+    assert base["step"] == BASE_STEPS and base["train"]["loss"] == summary(tiny, "base")["training"]["final_loss"]
+
+
 def test_sample_cli_writes_png(tiny):
     ensure_models(tiny, "train_base", "train_mv")
-    proc = tiny.run(sys.executable, "-m", "dreamline.cli", "sample", "a red chair",
+    proc = tiny.run(sys.executable, "-m", "flows.cli", "sample", "a red chair",
                     "--model", "data/models/mv", "--out", "x.png", "--steps", "2", check=False)
     assert proc.returncode == 0, f"`dreamline sample` failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     with Image.open(tiny.root / "x.png") as im:

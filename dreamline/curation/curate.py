@@ -24,7 +24,7 @@ from dreamline.curation.geometry import check_and_normalise
 from dreamline.curation.candidates import load_candidates
 from dreamline.curation.metadata_filter import PATH_PROBLEM, UNSAFE_PATH, filter_metadata
 from dreamline.paths import UnsafePathError
-from dreamline.sources import objaverse_reader as ov
+from dreamline.sources.objaverse_reader import ObjaverseCache
 
 # What decides an object's verdict and GLB: a change to any file this function can run
 # redoes every object; other edits redo none.
@@ -78,12 +78,14 @@ def geometry_key(sha256: str, p: GeometryParams) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def curate_object(uid: str, mirror_root: str | Path | None, p: GeometryParams,
+def curate_object(uid: str, cache: ObjaverseCache | str | Path | None, p: GeometryParams,
                   layout: CuratedLayout) -> dict[str, Any]:
-    """Geometry-check and normalise one object, reusing a finished record with the same key."""
-    ov.use_objaverse_root(mirror_root)
+    """Geometry-check and normalise one object, reusing a finished record with the same key.
+    `cache`: an ObjaverseCache, or its root (None: real Objaverse)."""
+    if not isinstance(cache, ObjaverseCache):
+        cache = ObjaverseCache(cache)
     try:
-        path = ov.load_object(uid)  # confined to the cache before anything looks at the path
+        path = cache.load_object(uid)  # confined to the cache before anything looks at the path
         data = Path(path).read_bytes()
     except UnsafePathError as err:  # e.g. a symlink in the mirror that points out of it
         return {"uid": uid, "reject_reason": UNSAFE_PATH, "reject_detail": str(err)[:300],
@@ -115,7 +117,8 @@ def curate_object(uid: str, mirror_root: str | Path | None, p: GeometryParams,
 
 def curate_shard(uids: Iterable[str], mirror_root, p: GeometryParams, out_root: str | Path) -> list[dict]:
     layout = CuratedLayout(Path(out_root))
-    return [curate_object(uid, mirror_root, p, layout) for uid in uids]
+    cache = ObjaverseCache(mirror_root)  # one per shard: object-paths is read once
+    return [curate_object(uid, cache, p, layout) for uid in uids]
 
 
 def shards(items: list[str], size: int) -> list[list[str]]:

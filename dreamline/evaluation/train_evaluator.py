@@ -12,8 +12,8 @@ from dreamline.config import EvaluatorParams
 from dreamline.evaluation.evaluator import LiTEvaluator, train_heads
 from dreamline.evaluation.metrics import r_precision
 from dreamline.evaluation.towers import FEATURE_NET, EfficientNetLite0, MiniLMSentences
-from dreamline.representations.export import write_loss_curve_csv
-from dreamline.training.common import fresh_folder, renders_digest, replace_folder, write_summary
+from dreamline.training.common import (LIVE_DIR, fresh_folder, renders_digest, replace_folder, write_dvclive,
+                                       write_summary)
 from dreamline.training.data import load_views
 
 WHITE = torch.ones(3)
@@ -59,7 +59,7 @@ def train_evaluator(p: EvaluatorParams, renders: Path, captions: Path, out_dir: 
         heldout[split] = scores
     tmp = fresh_folder(out_dir)
     evaluator.save(tmp, {"feature_net": FEATURE_NET, "trained_on": "train split renders + captions"})
-    write_loss_curve_csv(curve, tmp / "curve.csv")
+    write_dvclive(curve, tmp / LIVE_DIR)   # train/loss, train/temperature per step
     summary = {"evaluator": name, "feature_net": FEATURE_NET, "retrieval": heldout, "steps": p.steps}
     write_summary(tmp, summary)
     from dreamline.runinfo import record_run

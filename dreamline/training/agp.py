@@ -129,7 +129,7 @@ def train_agp(p: TrainAGPParams, renders_root: Path, captions_path: Path, out_di
                                             + "\n".join(captions[i] for i in rows) + "\n")
     summary = {"model": "agp", "train_views": len(train), "heldout_views": len(val),
                "heldout": heldout, "samples": validity, "training": training_record(result, folder),
-               "ablation_training": ablation_result and training_record(ablation_result, folder, "curve_ablation.csv")}
+               "ablation_training": ablation_result and training_record(ablation_result, folder, "dvclive_ablation")}
     write_summary(folder, summary)
     replace_folder(folder, out_dir)
     return summary

@@ -19,8 +19,9 @@ Files under ``out_dir``:
 * ``checkpoints/step-<N>.safetensors`` (the latest two; dreamline.tensorfile, no pickle) and
   ``checkpoints/latest.json``;
 * ``curve.csv``: ``step,loss,lr``, one row per ``log_every`` steps (and one at the last
-  step), for DVC plots; equal runs write equal bytes (throughput goes to the log and to
-  TrainResult, never into the curve).
+  step), growing while the run trains; equal runs write equal bytes (throughput goes to the
+  log and to TrainResult). The stage writes it through DVCLive into the model folder when
+  training ends (dreamline.training.common.training_record).
 """
 from __future__ import annotations
 
