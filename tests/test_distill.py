@@ -20,7 +20,7 @@ from dreamline.guidance import GUIDANCES
 import dreamline.representations.gaussians  # noqa: F401 - registers
 import dreamline.representations.voxel  # noqa: F401 - registers
 from dreamline.representations import REPRESENTATIONS
-from tiny_models import save_tiny_priors
+from tiny_models import save_tiny_priors, tiny_distill_project
 
 GUIDANCE_TYPES = sorted(GUIDANCES.names()) + ["mv-sds+agp", "sds+agp"]
 
@@ -148,12 +148,7 @@ def test_missing_prior_is_named(tmp_path):
 @pytest.mark.slow
 def test_distill_stage_and_generate_cli(tmp_path, prefect_api_url):
     project = make_project(tmp_path, prefect_api_url)
-    save_tiny_priors(project.root / "data" / "models")
-    guidance = {name: {"model": f"data/models/{m}"} for name, m in
-                (("sds", "base"), ("ism", "base"), ("mv-sds", "mv"), ("agp", "agp"))}
-    small = {"representation": {"resolution": 8, "samples_per_ray": 8}, "guidance": guidance,
-             "steps": 3, "resolution": 8, "threads": 1,
-             "export": {"mesh_resolution": 12, "view_resolution": 16, "turntable_frames": 3}}
+    small = tiny_distill_project(project)
     project.set_params({"distill": {**small, "prompts": {"red-chair": "a red chair", "blue-mug": "a blue mug"}}})
     project.stage("distill")            # no --prompt: every prompt
     for slug in ("red-chair", "blue-mug"):

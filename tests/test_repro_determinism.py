@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import make_project
-from tiny_models import save_tiny_priors
+from tiny_models import tiny_distill_project
 
 
 def dvc(project, *args):
@@ -32,13 +32,7 @@ def init_dvc(project) -> None:
 @pytest.mark.slow
 def test_forced_distill_rerun_writes_identical_outputs(tmp_path, prefect_api_url):
     project = make_project(tmp_path, prefect_api_url)
-    save_tiny_priors(project.root / "data" / "models")
-    guidance = {name: {"model": f"data/models/{m}"} for name, m in
-                (("sds", "base"), ("ism", "base"), ("mv-sds", "mv"), ("agp", "agp"))}
-    project.set_params({"distill": {
-        "representation": {"resolution": 8, "samples_per_ray": 8}, "guidance": guidance,
-        "steps": 3, "resolution": 8, "threads": 1, "prompts": {"red-chair": "a red chair"},
-        "export": {"mesh_resolution": 12, "view_resolution": 16, "turntable_frames": 3}}})
+    project.set_params({"distill": {**tiny_distill_project(project), "prompts": {"red-chair": "a red chair"}}})
     init_dvc(project)
     stage = "distill@red-chair"
     out = dvc(project, "repro", "--single-item", stage).stdout

@@ -48,3 +48,14 @@ def save_tiny_priors(models: Path) -> dict[str, Path]:
     tiny_pipeline(seed=2).save_pretrained(folders["mv"])
     tiny_pipeline(CCMPipeline, multiview=False, seed=3).save_pretrained(folders["agp"])
     return folders
+
+
+def tiny_distill_project(project) -> dict:
+    """Tiny priors under the project's data/models and a small `distill` block pointing at
+    them (everything but the prompts); returns the block."""
+    save_tiny_priors(project.root / "data" / "models")
+    guidance = {name: {"model": f"data/models/{m}"} for name, m in
+                (("sds", "base"), ("ism", "base"), ("mv-sds", "mv"), ("agp", "agp"))}
+    return {"representation": {"resolution": 8, "samples_per_ray": 8}, "guidance": guidance,
+            "steps": 3, "resolution": 8, "threads": 1,
+            "export": {"mesh_resolution": 12, "view_resolution": 16, "turntable_frames": 3}}

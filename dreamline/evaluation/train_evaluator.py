@@ -32,7 +32,6 @@ def _retrieval(img_emb: np.ndarray, rows, texts: list[str], text_emb: np.ndarray
 
 
 def train_evaluator(p: EvaluatorParams, renders: Path, captions: Path, out_dir: Path, log=print) -> dict:
-    torch.set_num_threads(p.threads)
     t0 = time.perf_counter()
     towers_img, towers_txt = EfficientNetLite0(p.image_size), MiniLMSentences()
     splits = {}

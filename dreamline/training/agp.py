@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from dreamline.config import TrainAGPParams
-from dreamline.training.common import (training_record, file_digest, fresh_folder,
+from dreamline.training.common import (keeps_global_rng, training_record, file_digest, fresh_folder,
                                        load_base_pipeline, pixel_resolution, renders_digest,
                                        replace_folder, run_key, write_summary)
 from dreamline.training.data import TextBank, all_texts, choose_captions, load_views
@@ -73,6 +73,7 @@ def _train_one(unet, p: TrainAGPParams, table, bank, pipe, scheduler, work_dir: 
     return unet.eval(), result
 
 
+@keeps_global_rng
 def train_agp(p: TrainAGPParams, renders_root: Path, captions_path: Path, out_dir: Path,
               work_dir: Path, max_tokens: int = 16) -> dict:
     from diffusers import DDPMScheduler
