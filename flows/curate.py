@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger, unmapped
 
 from dreamline import paths
 from dreamline.config import Params
+from dreamline.sources.objaverse_reader import ObjaverseCache
 from dreamline.curation.curate import shards
 from tasks import curation
 from tasks.common import flatten, gather
@@ -26,8 +27,11 @@ def curate_flow(params: Params, mirror_root: Path | None = paths.MIRROR,
     logger.info("metadata filter: %d candidates, %d pass to geometry checks (%.1fs)",
                 len(uids), len(todo), time.time() - started)
     batches = shards(todo, p.shard_size)
+    # One reader shared by the shards (threads): object-paths is read once per run, not per
+    # shard. Dask workers get a copy of its root and read it once each.
+    cache = ObjaverseCache(mirror_root)
     futures = curation.curate_shard.with_options(retries=p.retries, retry_delay_seconds=1).map(
-        batches, unmapped(mirror_root), unmapped(p.geometry), unmapped(Path(out_root)))
+        batches, unmapped(cache), unmapped(p.geometry), unmapped(Path(out_root)))
     rows = flatten(gather(futures, "geometry", len(todo)))
     summary = curation.assemble(table, rows, source, Path(out_root), started)
     logger.info("curate: kept %d of %d (geometry processed %d, reused %d) in %.1fs",

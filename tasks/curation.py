@@ -17,7 +17,8 @@ def load_and_filter(mirror_root: Path | None, p: MetadataFilterParams, workers: 
 
 
 @task(name="curate-shard", cache_policy=NO_CACHE)
-def curate_shard(uids: list[str], mirror_root: Path | None, p: GeometryParams, out_root: Path) -> list[dict]:
+def curate_shard(uids: list[str], mirror_root, p: GeometryParams, out_root: Path) -> list[dict]:
+    """`mirror_root`: a cache root (None: real Objaverse) or a shared ObjaverseCache."""
     return curate.curate_shard(uids, mirror_root, p, out_root)
 
 

@@ -116,8 +116,11 @@ def curate_object(uid: str, cache: ObjaverseCache | str | Path | None, p: Geomet
 
 
 def curate_shard(uids: Iterable[str], mirror_root, p: GeometryParams, out_root: str | Path) -> list[dict]:
+    """`mirror_root`: the cache root (None: real Objaverse) or an ObjaverseCache to share,
+    whose object-paths is then read once for all the shards it is passed to."""
     layout = CuratedLayout(Path(out_root))
-    cache = ObjaverseCache(mirror_root)  # one per shard: object-paths is read once
+    # One reader for the shard: object-paths is read once, not once per object.
+    cache = mirror_root if isinstance(mirror_root, ObjaverseCache) else ObjaverseCache(mirror_root)
     return [curate_object(uid, cache, p, layout) for uid in uids]
 
 

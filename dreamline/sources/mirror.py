@@ -6,7 +6,9 @@
     <root>/hf-objaverse-v1/lvis-annotations.json.gz   {category: [uid, ...]}
     <root>/dreamline-manifest.json                    what each uid is (tests, not curation)
 
-Curation reads the first four through the objaverse API only; the manifest records what
+The objaverse package's public API reads the first four offline (tests/test_mirror.py);
+curation reads them with dreamline.sources.objaverse_reader.ObjaverseCache, a reader of
+this layout that confines every path to the mirror. The manifest records what
 the generator meant (kind, expected reject reason) so tests can check curation against it.
 All writes are atomic and deterministic (gzip mtime 0), and unchanged files are not
 rewritten, so rebuilding with one more object touches that object's files and the indexes.
