@@ -200,25 +200,44 @@ def stop(proc: subprocess.Popen, grace: float = 20) -> None:
     proc.wait()
 
 
+# How long serve may take to shut down after Ctrl-C / SIGTERM before it exits anyway: prefect's
+# runner pauses schedules and cancels runs through the API on the way out, which on a loaded
+# 2-core machine was seen to take more than 180 s (a fresh-clone test run beside `dvc repro`).
+SHUTDOWN_GRACE_S = 30.0
+
+
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Within: SIGTERM unwinds like Ctrl-C (KeyboardInterrupt), so `finally` clean-up runs.
-    Only the main thread receives signals; elsewhere this does nothing."""
+def interrupts_end_within(grace: float = SHUTDOWN_GRACE_S) -> Iterator[None]:
+    """Within: Ctrl-C and SIGTERM raise KeyboardInterrupt, so `finally` clean-up runs, and the
+    process ends at most `grace` seconds later even if that clean-up hangs; a second signal
+    ends it at once. Ending by os._exit skips clean-up, but not the local server's: its
+    watchdog stops it when this process's end of the pipe closes. Only the main thread
+    receives signals; elsewhere this does nothing."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    fired = threading.Event()
 
     def interrupt(signum, frame):
+        if fired.is_set():
+            os._exit(128 + signum)
+        fired.set()
+        deadline = threading.Timer(grace, os._exit, args=(128 + signum,))
+        deadline.daemon = True
+        deadline.start()
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    # A handler of our own for SIGINT also keeps asyncio.run from installing its own, which
+    # would wait for every task to finish cancelling before raising.
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def serve(config: Path, root: Path, names: Optional[list[str]] = None) -> None:
@@ -235,7 +254,7 @@ def serve(config: Path, root: Path, names: Optional[list[str]] = None) -> None:
         specs = [s for s in specs if s.name in names]
     # prefect's Runner installs its own SIGTERM handler while it runs (it stops the runner and
     # raises SystemExit): that unwinds through local_server's clean-up too.
-    with sigterm_as_interrupt():
+    with interrupts_end_within():
         if os.environ.get("PREFECT_API_URL"):
             prefect_serve(*runner_deployments(specs, root))
             return
