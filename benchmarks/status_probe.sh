@@ -16,7 +16,7 @@ y = YAML(); y.preserve_quotes = True
 d = y.load(open("params.yaml"))
 keys = sys.argv[1].split("."); node = d
 for k in keys[:-1]: node = node[k]
-node[keys[-1]] = type(node[keys[-1]])(sys.argv[2])
+node[keys[-1]] = __import__("yaml").safe_load(sys.argv[2])   # a YAML scalar: 0.0005, 301, 96
 y.dump(d, open("params.yaml", "w"))
 PY
   echo "== params: $1 -> $2"; dvc status 2>&1 | grep -E "^[^ 	].*:$" ; echo
