@@ -109,3 +109,17 @@ def test_janus_proxy_on_planted_embeddings():
     assert janus_score(two_faced, az) == pytest.approx(1.0)
     one_faced = np.stack([face, face * 0.7 + side * 0.7, -face, face * 0.7 + side * 0.7])
     assert janus_score(one_faced / np.linalg.norm(one_faced, axis=1, keepdims=True), az) < 0
+
+
+def test_heads_are_a_function_of_the_seed_not_of_the_global_rng():
+    images, texts, labels = planted()
+    objects = np.arange(len(labels))
+    state = torch.random.get_rng_state()
+    torch.manual_seed(1)
+    a, _ = train_heads(images, texts, labels, objects, dim=16, steps=5, batch=8, lr=1e-2, seed=3)
+    torch.manual_seed(2)                       # another global state: same heads
+    b, _ = train_heads(images, texts, labels, objects, dim=16, steps=5, batch=8, lr=1e-2, seed=3)
+    assert torch.random.get_rng_state().equal(torch.manual_seed(2).get_state())  # untouched
+    torch.random.set_rng_state(state)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name

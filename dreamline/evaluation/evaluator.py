@@ -51,7 +51,12 @@ def train_heads(image_feats: np.ndarray, text_feats: np.ndarray, caption_ids: np
     """Train the projection heads. Each batch takes one random view from each of `batch`
     random objects (views of one object are not negatives of each other)."""
     g = torch.Generator().manual_seed(seed)
-    heads = LiTHeads(image_feats.shape[1], text_feats.shape[1], dim)
+    # nn.Linear initialises from the global RNG: seed a private copy of it, so the heads are a
+    # function of `seed` alone (they varied between runs of the stage) and the caller's RNG
+    # is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        heads = LiTHeads(image_feats.shape[1], text_feats.shape[1], dim)
     opt = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=1e-4)
     img_all = torch.from_numpy(image_feats).float()
     txt_all = torch.from_numpy(text_feats).float()
