@@ -1,9 +1,11 @@
-"""Typed parameter models: params.yaml is validated here before any stage does work.
+"""Typed parameter models of the stages: params.yaml is validated here before any stage
+does work.
 
 Every model forbids unknown keys, so a typo fails loudly with the dotted key that is wrong.
 Pluggable parts follow threestudio's convention: ``<part>_type`` names a registered
-implementation and the sibling ``<part>`` block is validated against that
-implementation's own config model.
+implementation and the sibling ``<part>`` block is validated against the config model that
+part declared in its registry (dreamline/guidance/configs.py, representations/configs.py,
+captioning/configs.py); this module holds the stage-level models only.
 """
 from __future__ import annotations
 
@@ -11,15 +13,16 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from dreamline.captioning.configs import CAPTIONERS
+from dreamline.guidance.configs import GUIDANCES
+from dreamline.representations.configs import REPRESENTATIONS
+from dreamline.typed import Range, Strict
 
 
 class ParamsError(ValueError):
     """An invalid params file; the message names every offending key and why."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 DEFAULT_CATEGORIES = (
@@ -95,41 +98,6 @@ class CurateParams(Strict):
     load_workers: int = Field(2, ge=1, le=64)
 
 
-def _typed_block(where: str, name: str, block: dict, table: dict[str, type[Strict]], type_key: str) -> None:
-    """Validate a `<part>` block against the config model its `<part>_type` (`type_key`) names."""
-    if name not in table:
-        raise ValueError(f"{type_key} {name!r} is not registered; known: {sorted(table)}")
-    try:
-        table[name].model_validate(block)
-    except ValidationError as err:
-        problems = "; ".join(
-            f"{where}.{'.'.join(map(str, e['loc']))}: "
-            + ("unknown key (typo?)" if e["type"] == "extra_forbidden" else e["msg"])
-            for e in err.errors())
-        raise ValueError(f"{problems} ({type_key} {name!r})") from None
-
-
-class TemplateCaptionerParams(Strict):
-    # How many alternative phrasings the template captioner picks from per object.
-    variety: int = Field(6, ge=1, le=16)
-    suffix: str = ""
-
-
-class ImageCaptionerParams(Strict):
-    model_path: str = "models/captioner"
-    n_views: int = Field(4, ge=1, le=32)
-    resolution: int = Field(224, ge=16, le=1024)
-    max_new_tokens: int = Field(30, ge=1, le=200)
-    elevation_deg: float = Field(20.0, ge=-89.0, le=89.0)
-    device: str = "cpu"
-
-
-CAPTIONER_PARAMS: dict[str, type[Strict]] = {
-    "template": TemplateCaptionerParams,
-    "image": ImageCaptionerParams,
-}
-
-
 class SplitParams(Strict):
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
@@ -150,14 +118,13 @@ class CaptionParams(Strict):
 
     @model_validator(mode="after")
     def _captioner_block(self) -> "CaptionParams":
-        _typed_block("captioner", self.captioner_type, self.captioner, CAPTIONER_PARAMS, "captioner_type")
+        CAPTIONERS.validate(self.captioner_type, self.captioner, "captioner", "captioner_type")
         return self
 
     def captioner_config(self) -> Strict:
-        return CAPTIONER_PARAMS[self.captioner_type].model_validate(self.captioner)
+        return CAPTIONERS.config_model(self.captioner_type).model_validate(self.captioner)
 
 
-Range = tuple[float, float]
 
 
 class RenderParams(Strict):
@@ -356,101 +323,6 @@ class DreamBoothParams(Strict):
 
 # --- distillation (issue 5): representation and guidance registries with typed blocks ---
 
-class VoxelParams(Strict):
-    """A density + albedo voxel grid, trilinearly interpolated (DVGO / PLATFORM feasibility)."""
-    resolution: int = Field(32, ge=4, le=512)
-    bound: float = Field(0.6, gt=0.0, le=10.0)          # the cube [-bound, bound]^3
-    samples_per_ray: int = Field(32, ge=4, le=1024)     # inside the bounding sphere (~1 per cell)
-    # DreamFusion/Magic3D density blob: sigma = softplus(grid + bias + blob * (1 - r/radius)).
-    density_bias: float = -1.0
-    blob_density: float = Field(10.0, ge=0.0)
-    blob_radius: float = Field(0.35, gt=0.0)
-    lr_density: float = Field(0.05, gt=0.0)
-    lr_albedo: float = Field(0.05, gt=0.0)
-    lr_background: float = Field(0.01, gt=0.0)
-    mesh_threshold: float = Field(5.0, gt=0.0)         # density of the exported isosurface
-
-
-class GaussianParams(Strict):
-    """3D Gaussians (isotropic colour, no SH), rasterised in pure torch or with gsplat."""
-    num_points: int = Field(2048, ge=1, le=5_000_000)
-    init: Literal["sphere", "box", "points"] = "sphere"
-    init_radius: float = Field(0.3, gt=0.0)             # sphere radius / box half-size
-    init_points: Optional[str] = None                   # a point cloud (.ply/.npy) for init=points
-    bound: float = Field(0.6, gt=0.0, le=10.0)
-    initial_scale: float = Field(0.03, gt=0.0)
-    initial_opacity: float = Field(0.3, gt=0.0, lt=1.0)
-    max_scale: float = Field(0.15, gt=0.0)
-    lr_position: float = Field(0.002, gt=0.0)
-    lr_scale: float = Field(0.01, gt=0.0)
-    lr_rotation: float = Field(0.005, gt=0.0)
-    lr_opacity: float = Field(0.05, gt=0.0)
-    lr_colour: float = Field(0.02, gt=0.0)
-    lr_background: float = Field(0.01, gt=0.0)
-    rasteriser: Literal["auto", "torch", "gsplat"] = "auto"   # auto: gsplat on CUDA when installed
-    mesh_threshold: float = Field(0.5, gt=0.0)         # summed opacity-weighted Gaussians
-
-
-REPRESENTATION_PARAMS: dict[str, type[Strict]] = {"voxel": VoxelParams, "gaussians": GaussianParams}
-
-
-class SDSParams(Strict):
-    """DreamFusion SDS with the 2D base model."""
-    weight: float = Field(1.0, ge=0.0)
-    model: str = "data/models/base"
-    guidance_scale: float = Field(7.5, ge=0.0, le=200.0)   # paper 100 (Imagen); ours breaks far above 10
-    t_range: Range = (0.02, 0.98)
-    weighting: Literal["sds", "snr", "uniform"] = "sds"    # w(t) = 1 - alpha_bar (sigma_t^2)
-    view_prompts: bool = True                              # ", front view" / side / back / overhead
-    negative_prompt: str = ""
-    perp_neg: bool = False                                 # Armandpour et al. 2023
-    perp_neg_weight: float = Field(1.0, ge=0.0)
-
-
-class MVSDSParams(Strict):
-    """MVDream multi-view SDS in its x0-reconstruction form."""
-    weight: float = Field(1.0, ge=0.0)
-    model: str = "data/models/mv"
-    guidance_scale: float = Field(7.5, ge=0.0, le=200.0)   # reference 50
-    guidance_rescale: float = Field(0.5, ge=0.0, le=1.0)
-    # (start, end) of the annealed timestep bounds, reached after anneal_fraction of the run.
-    min_step: Range = (0.98, 0.02)
-    max_step: Range = (0.98, 0.50)
-    anneal_fraction: float = Field(0.8, gt=0.0, le=1.0)
-    negative_prompt: str = ""
-    num_views: int = Field(4, ge=1, le=16)
-
-
-class ISMParams(Strict):
-    """LucidDreamer interval score matching."""
-    weight: float = Field(1.0, ge=0.0)
-    model: str = "data/models/base"
-    guidance_scale: float = Field(7.5, ge=0.0, le=200.0)
-    t_range: Range = (0.02, 0.5)
-    delta_t: int = Field(50, ge=1)                 # interval s = t - delta_t, at the end of the run
-    delta_t_start: int = Field(100, ge=1)          # larger interval early (geometry)
-    inversion_steps: int = Field(5, ge=1, le=100)  # DDIM inversion steps from x0 to x_s
-    weighting: Literal["sds", "snr", "uniform"] = "sds"
-    view_prompts: bool = True
-    negative_prompt: str = ""
-    perp_neg: bool = False
-    perp_neg_weight: float = Field(1.0, ge=0.0)
-
-
-class AGPGuidanceParams(Strict):
-    """SweetDreamer's AGP term: SDS of the CCM model on the rendered CCM (geometry only)."""
-    weight: Range = (1.0, 0.2)                     # linear from start to end of the run
-    model: str = "data/models/agp"
-    guidance_scale: float = Field(5.0, ge=0.0, le=200.0)
-    t_range: Range = (0.02, 0.98)
-    weighting: Literal["sds", "snr", "uniform"] = "sds"
-
-
-GUIDANCE_PARAMS: dict[str, type[Strict]] = {
-    "sds": SDSParams, "mv-sds": MVSDSParams, "ism": ISMParams, "agp": AGPGuidanceParams,
-}
-
-
 class DistillCameraParams(Strict):
     fov_deg: Range = (15.0, 60.0)              # the multi-view model's training range
     elevation_deg: Range = (0.0, 30.0)
@@ -518,14 +390,14 @@ class DistillParams(Strict):
                                  f"data/distill/<slug>")
         if not self.prompts:
             raise ValueError("prompts: give at least one")
-        _typed_block("representation", self.representation_type, self.representation,
-                     REPRESENTATION_PARAMS, "representation_type")
+        REPRESENTATIONS.validate(self.representation_type, self.representation, "representation",
+                                 "representation_type")
         for term in self.guidance_terms:
-            if term not in GUIDANCE_PARAMS:
+            if term not in GUIDANCES:
                 raise ValueError(f"guidance_type: term {term!r} is not registered; known: "
-                                 f"{sorted(GUIDANCE_PARAMS)}")
+                                 f"{GUIDANCES.names()}")
         for name, block in self.guidance.items():
-            _typed_block(f"guidance.{name}", name, block, GUIDANCE_PARAMS, "guidance")
+            GUIDANCES.validate(name, block, f"guidance.{name}")
         return self
 
     @property
@@ -533,10 +405,10 @@ class DistillParams(Strict):
         return [t.strip() for t in self.guidance_type.split("+") if t.strip()]
 
     def representation_config(self) -> Strict:
-        return REPRESENTATION_PARAMS[self.representation_type].model_validate(self.representation)
+        return REPRESENTATIONS.config_model(self.representation_type).model_validate(self.representation)
 
     def guidance_config(self, term: str) -> Strict:
-        return GUIDANCE_PARAMS[term].model_validate(self.guidance.get(term, {}))
+        return GUIDANCES.config_model(term).model_validate(self.guidance.get(term, {}))
 
 
 class EvaluatorParams(Strict):
@@ -652,9 +524,9 @@ def _check_cross_references(params: "Params") -> None:
     if unknown:
         raise ValueError(f"ablation.prompts: {unknown} are not keys of distill.prompts")
     for g in params.ablation.guidance_types:
-        bad = [t for t in g.split("+") if t.strip() not in GUIDANCE_PARAMS]
+        bad = [t for t in g.split("+") if t.strip() not in GUIDANCES]
         if bad:
-            raise ValueError(f"ablation.guidance_types: {bad} not registered; known: {sorted(GUIDANCE_PARAMS)}")
+            raise ValueError(f"ablation.guidance_types: {bad} not registered; known: {GUIDANCES.names()}")
 
 
 def param_paths(params: "Params") -> list[tuple[str, str]]:

@@ -1,7 +1,8 @@
 from dreamline.captioning.base import CaptionInput, category_noun, clean_name, original_text
 from dreamline.captioning.split import assign_split
 from dreamline.captioning.template import TemplateCaptioner, describe
-from dreamline.config import SplitParams, TemplateCaptionerParams
+from dreamline.captioning.configs import TemplateCaptionerParams
+from dreamline.config import SplitParams
 
 
 def item(uid="a" * 32, **kw):

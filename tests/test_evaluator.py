@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dreamline.config import VoxelParams
+from dreamline.representations.configs import VoxelParams
 from dreamline.evaluation.asset_metrics import AssetViews, consistency_psnr, janus_score, render_asset
 from dreamline.evaluation.evaluator import CLIPEvaluator, LiTEvaluator, load_evaluator, train_heads
 from dreamline.evaluation.metrics import r_precision

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dreamline.config import GaussianParams
+from dreamline.representations.configs import GaussianParams
 from dreamline.rendering.cameras import Camera
 from dreamline.representations.base import (REPRESENTATIONS, Cameras, Lighting, background_images,
                                             grid_points, orientation_penalty)

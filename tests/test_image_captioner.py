@@ -18,7 +18,7 @@ from dreamline.captioning.base import CAPTIONERS, CaptionInput  # noqa: E402
 from dreamline.captioning.image import (  # noqa: E402
     ImageCaptioner, clean_caption, consensus_index,
 )
-from dreamline.config import ImageCaptionerParams  # noqa: E402
+from dreamline.captioning.configs import ImageCaptionerParams  # noqa: E402
 from dreamline.rendering.cameras import look_at  # noqa: E402
 from dreamline.rendering.quick_views import orbit_cameras, render_views  # noqa: E402
 

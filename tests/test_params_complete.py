@@ -43,7 +43,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from dreamline.config import GUIDANCE_PARAMS, Params, load_params
+from dreamline.config import Params, load_params
+from dreamline.guidance.configs import GUIDANCES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -225,6 +226,13 @@ class _Reads(ast.NodeVisitor):
         self.module, self.root = module, root
         self.passed_on = passed_on          # ids of `root` names handed to in-scope functions
         self.chains: set[tuple[str, ...]] = set()
+        # Keys replaced in a copy of the whole params handed on as the run's params
+        # (`s = params.<section>.model_copy(update={k: ...})`, then
+        # `params.model_copy(update={"<section>": s})`): what reads the copy reads the
+        # replacement, never the params value.
+        self.replaced: set[tuple[str, ...]] = set()
+        self._copies: dict[str, set[tuple[str, ...]]] = {}
+        self._last_copy: set[tuple[str, ...]] | None = None
         self.calls: list[tuple[str, ast.AST]] = []
         self.unknown: list[str] = []
         self.loops: dict[str, str] = {}     # comprehension / for target -> iterated module constant
@@ -270,8 +278,29 @@ class _Reads(ast.NodeVisitor):
         self._track_loop([node])
         self.generic_visit(node)
 
+    def visit_Assign(self, node: ast.Assign) -> None:  # noqa: N802
+        self._last_copy = None
+        self.generic_visit(node)
+        if self._last_copy and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            self._copies[node.targets[0].id] = self._last_copy
+
     def visit_Call(self, node: ast.Call) -> None:  # noqa: N802
         f = node.func
+        if isinstance(f, ast.Attribute) and f.attr == "model_copy":
+            chain = field_chain(self._attrs(f.value) or [])
+            update = next((k.value for k in node.keywords if k.arg == "update"), None)
+            if chain and isinstance(update, ast.Dict) \
+                    and all(isinstance(k, ast.Constant) for k in update.keys):
+                keys = {k.value for k in update.keys}
+                self._last_copy = {chain + (k,) for k in keys}
+                self.chains |= {chain + (name,) for name in model_at(chain).model_fields if name not in keys}
+                for v in update.values:
+                    self.visit(v)
+                return
+            if self._attrs(f.value) == [] and isinstance(update, ast.Dict):
+                for v in update.values:
+                    if isinstance(v, ast.Name) and v.id in self._copies:
+                        self.replaced |= self._copies[v.id]
         if isinstance(f, ast.Name) and f.id == "getattr" and node.args \
                 and isinstance(node.args[0], ast.Name) and node.args[0].id == self.root:
             what = node.args[1]
@@ -316,6 +345,7 @@ def reads_of(entries: list[tuple[str, ast.AST]]) -> tuple[set[tuple[str, ...]], 
     """Params field chains read by these functions and every in-scope function they call."""
     seen: set[int] = set()
     chains: set[tuple[str, ...]] = set()
+    replaced: set[tuple[str, ...]] = set()
     unknown: list[str] = []
     todo = list(entries)
     while todo:
@@ -329,9 +359,23 @@ def reads_of(entries: list[tuple[str, ast.AST]]) -> tuple[set[tuple[str, ...]], 
         for stmt in body:
             visitor.visit(stmt)
         chains |= visitor.chains
+        replaced |= visitor.replaced
         unknown += visitor.unknown
         todo += visitor.calls
-    return chains, unknown
+    return _without(chains, replaced), unknown
+
+
+def _without(chains: set[tuple[str, ...]], replaced: set[tuple[str, ...]]) -> set[tuple[str, ...]]:
+    """Chains less the replaced keys: a whole section that holds one is read field by field."""
+    out = set()
+    for c in chains:
+        if any(_is_prefix(r, c) for r in replaced):
+            continue
+        if any(_is_prefix(c, r) for r in replaced) and model_at(c) is not None:
+            out |= _without({c + (f,) for f in model_at(c).model_fields}, replaced)
+        else:
+            out.add(c)
+    return out
 
 
 def stage_entries(cmd: str) -> list[tuple[str, ast.AST]]:
@@ -366,8 +410,15 @@ def dvc_stages() -> dict[str, tuple[str, list[str]]]:
         body = st.get("do", st)
         params = body.get("params", [])
         assert all(isinstance(p, str) for p in params), f"{name}: params from another file than params.yaml"
+        # A matrix axis (ablation.guidance_types) chooses which instances exist; an instance
+        # reads its own item of it, so listing the whole list would rerun every instance.
+        AXES[name] = {tuple(v[2:-1].split(".")) for v in (st.get("matrix") or {}).values()
+                      if isinstance(v, str) and v.startswith("${")}
         out[name] = (body["cmd"], params)
     return out
+
+
+AXES: dict[str, set[tuple[str, ...]]] = {}
 
 
 def listed_chain(entry: str) -> tuple[str, ...]:
@@ -417,7 +468,7 @@ def test_stage_params_list_what_its_code_reads(stage):
     cmd, params = STAGES[stage]
     reads, unknown = reads_of(stage_entries(cmd))
     assert not unknown, f"{stage}: cannot tell what the code reads:\n  " + "\n  ".join(unknown)
-    missing, superfluous = compare(reads, {listed_chain(p) for p in params})
+    missing, superfluous = compare({r for r in reads if r not in AXES[stage]}, {listed_chain(p) for p in params})
     read_keys = sorted(".".join(r) for r in reads)
     assert not missing, f"{stage}: dvc.yaml params miss {missing} (the code reads {read_keys})"
     assert not superfluous, f"{stage}: dvc.yaml params list {superfluous}, which the code does not read " \
@@ -434,7 +485,9 @@ def test_the_analysis_sees_known_reads():
     assert reads("caption") == {"caption", "execution.task_runner"}
     assert reads("evaluate") == {"evaluate", "evaluate.evaluator", "evaluate.image_quality.models",
                                  "distill.camera.radius"}
-    assert reads("ablation") == {"ablation.guidance_types", "ablation.steps", "distill", "distill.guidance_type"}
+    distill_fields = {f"distill.{f}" for f in Params.model_fields["distill"].annotation.model_fields}
+    assert reads("ablation") == {"ablation.guidance_types", "ablation.steps"} \
+        | distill_fields - {"distill.guidance_type", "distill.steps"}
     assert {"distill", "evaluate", "evaluator", "ablation", "texture"} <= reads("report")
     assert reads("render") == {"render", "render.backend"}
     # The comparison: a missing key, a superfluous one, a sub-key list short of a field.
@@ -481,4 +534,4 @@ def test_run_settings_are_left_out_of_the_distill_key():
 
 def test_every_guidance_term_a_stage_can_use_is_registered():
     p = load_params(REPO / "params.yaml", project_root=REPO)
-    assert set(_terms(p)) <= set(GUIDANCE_PARAMS)
+    assert set(_terms(p)) <= set(GUIDANCES.names())

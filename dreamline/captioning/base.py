@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from dreamline.registry import Registry
+from dreamline.captioning.configs import CAPTIONERS  # noqa: F401 (re-export)
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,6 @@ class Captioner:
     def caption(self, items: list[CaptionInput]) -> list[str]:
         raise NotImplementedError
 
-
-CAPTIONERS: Registry[type[Captioner]] = Registry("captioner")
 
 _VERSION = re.compile(r"\b(v\d+|final|copy|lowres|hires|new|old|wip|fbx|obj|glb)\b", re.I)
 

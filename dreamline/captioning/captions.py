@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 from pathlib import Path
 
 import pandas as pd
 
 from dreamline.atomic import clean_temp_files, write_parquet_atomic
+from dreamline.captioning import image, template  # noqa: F401 (the implementations register)
 from dreamline.captioning.base import CAPTIONERS, CaptionInput, original_text
 from dreamline.captioning.split import assign_split
 from dreamline.config import CaptionParams
@@ -32,12 +32,8 @@ def caption_inputs(objects: pd.DataFrame, curated_root: Path) -> list[CaptionInp
     return out
 
 
-# Implementations register on import; heavy ones (transformers) load only when chosen.
-_MODULES = {"template": "dreamline.captioning.template", "image": "dreamline.captioning.image"}
-
-
 def build_captioner(p: CaptionParams):
-    importlib.import_module(_MODULES[p.captioner_type])
+    # Importing a captioner is cheap: heavy models (transformers) load on first use.
     return CAPTIONERS.get(p.captioner_type)(p.captioner_config(), seed=p.seed)
 
 
@@ -64,7 +60,7 @@ def caption_key(item: CaptionInput, mesh_sha256: str | None, p: CaptionParams) -
 
     blob = json.dumps([item.uid, item.name, list(item.tags), item.category, item.colour,
                        mesh_sha256, p.captioner_type, p.captioner_config().model_dump(mode="json"),
-                       p.seed, code_digest(_MODULES[p.captioner_type])], sort_keys=True)
+                       p.seed, code_digest(CAPTIONERS.get(p.captioner_type).__module__)], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 
 from dreamline.captioning.base import CAPTIONERS, CaptionInput, Captioner, clean_name
-from dreamline.config import ImageCaptionerParams
+from dreamline.captioning.configs import ImageCaptionerParams
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def _check_blip_folder(path: Path) -> None:
             "model (model_type 'blip')")
 
 
-@CAPTIONERS.register("image")
+@CAPTIONERS.implements(ImageCaptionerParams)
 class ImageCaptioner(Captioner):
     name = "image"
 

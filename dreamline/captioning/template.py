@@ -12,7 +12,7 @@ import hashlib
 from dreamline.captioning.base import (
     CAPTIONERS, CaptionInput, Captioner, category_noun, clean_name,
 )
-from dreamline.config import TemplateCaptionerParams
+from dreamline.captioning.configs import TemplateCaptionerParams
 from dreamline.sources.procedural import MATERIALS, PALETTE
 
 _COLOURS = set(PALETTE) | {"grey", "gray", "brown", "pink", "silver", "gold"}
@@ -67,7 +67,7 @@ def _fill(template: str, parts: dict[str, str | None]) -> str | None:
     return text
 
 
-@CAPTIONERS.register("template")
+@CAPTIONERS.implements(TemplateCaptionerParams)
 class TemplateCaptioner(Captioner):
     name = "template"
     config: TemplateCaptionerParams

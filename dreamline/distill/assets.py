@@ -10,7 +10,7 @@ import torch
 from dreamline import tensorfile
 from dreamline.config import DistillParams, ExportParams
 from dreamline.distill.sampling import azimuth_ring, fixed_views
-from dreamline.representations import build_representation
+from dreamline.representations.build import build_representation
 from dreamline.representations.base import Representation
 from dreamline.representations.export import (
     EmptyMeshError, marching_cubes_mesh, write_gaussian_ply, write_glb, write_loss_curve_csv, write_png,
@@ -37,9 +37,8 @@ def is_asset_folder(folder: Path) -> bool:
 
 def load_asset(folder: str | Path) -> tuple[Representation, str]:
     """(representation, prompt) of a finished distillation folder."""
-    from dreamline.config import REPRESENTATION_PARAMS
-
     from dreamline.paths import confine
+    from dreamline.representations.configs import REPRESENTATIONS
 
     folder = Path(folder)
     path = folder / STATE
@@ -51,10 +50,10 @@ def load_asset(folder: str | Path) -> tuple[Representation, str]:
         raise FileNotFoundError(f"{folder}: no {STATE} (not a finished distillation)")
     state = tensorfile.load(confine(STATE, folder, f"asset {folder}"))
     kind = state.get("representation_type") if isinstance(state, dict) else None
-    if kind not in REPRESENTATION_PARAMS:
+    if not isinstance(kind, str) or kind not in REPRESENTATIONS:
         raise ValueError(f"{path}: unknown representation_type {kind!r} "
-                         f"(have: {', '.join(sorted(REPRESENTATION_PARAMS))})")
-    config = REPRESENTATION_PARAMS[kind].model_validate(state["representation"])
+                         f"(have: {', '.join(REPRESENTATIONS.names())})")
+    config = REPRESENTATIONS.config_model(kind).model_validate(state["representation"])
     if getattr(config, "init_points", None) is not None:
         # The saved parameters replace any initialisation: never read a file the asset names.
         config = config.model_copy(update={"init": "sphere", "init_points": None})

@@ -17,8 +17,9 @@ import torch
 from dreamline import tensorfile
 from dreamline.config import DistillParams
 from dreamline.distill.sampling import pick_shading, sample_views
-from dreamline.guidance import DiffusionPrior, StepInput, build_guidance
-from dreamline.representations import build_representation
+from dreamline.guidance.prior import DiffusionPrior
+from dreamline.guidance.terms import StepInput, build_guidance
+from dreamline.representations.build import build_representation
 from dreamline.representations.base import background_images
 
 CHECKPOINT = "checkpoint.safetensors"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from dreamline.registry import Registry
+from dreamline.representations.configs import REPRESENTATIONS  # noqa: F401 (re-export)
 
 SHADINGS = ("albedo", "lambertian", "textureless")
 
@@ -153,9 +153,6 @@ class BackgroundMLP(torch.nn.Module):
         for k in range(self.frequencies):
             feats += [torch.sin(dirs * math.pi * 2 ** k), torch.cos(dirs * math.pi * 2 ** k)]
         return torch.sigmoid(self.net(torch.cat(feats, dim=-1)))
-
-
-REPRESENTATIONS: Registry[type] = Registry("representation")
 
 
 class Representation(torch.nn.Module):

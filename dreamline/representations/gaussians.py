@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from dreamline.config import GaussianParams
+from dreamline.representations.configs import GaussianParams
 from dreamline.representations.base import (REPRESENTATIONS, BackgroundMLP, Cameras, Lighting,
                                             Representation, RenderOutput, canonical,
                                             shade)
@@ -345,7 +345,7 @@ def _gsplat_available() -> bool:
     return True
 
 
-@REPRESENTATIONS.register("gaussians")
+@REPRESENTATIONS.implements(GaussianParams)
 class GaussianSplats(Representation):
     """N anisotropic 3D Gaussians with an albedo each, plus a learned background MLP."""
 

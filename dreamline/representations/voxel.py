@@ -13,14 +13,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dreamline.config import VoxelParams
+from dreamline.representations.configs import VoxelParams
 from dreamline.representations.base import (
     REPRESENTATIONS, BackgroundMLP, Cameras, Lighting, Representation, RenderOutput, canonical,
     grid_points, orientation_penalty, shade,
 )
 
 
-@REPRESENTATIONS.register("voxel")
+@REPRESENTATIONS.implements(VoxelParams)
 class VoxelField(Representation):
     def __init__(self, p: VoxelParams, generator: torch.Generator | None = None):
         super().__init__()
