@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from dreamline.config import AGPGuidanceParams, ISMParams, MVSDSParams, SDSParams, VoxelParams
+from dreamline.guidance.configs import AGPGuidanceParams, ISMParams, MVSDSParams, SDSParams
+from dreamline.representations.configs import VoxelParams
 from dreamline.guidance import DiffusionPrior, StepInput, build_guidance
 from dreamline.guidance import scores
 from dreamline.representations.base import RenderOutput
@@ -219,3 +220,41 @@ def test_v_prediction_conversion_matches_diffusers(prior):
     eps, x0 = prior.eps_and_x0(z_t, t, v)
     torch.testing.assert_close(eps, noise, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(x0, z0, rtol=1e-4, atol=1e-4)
+
+
+# --- the sampler core's CFG, shared with the sampling pipelines ------------------------------
+
+def test_classifier_free_guidance_matches_the_formula():
+    from dreamline.models.sampling import classifier_free_guidance, guide
+
+    g = torch.Generator().manual_seed(0)
+    uncond, cond = torch.randn(2, 3, 4, 5, 5, generator=g)
+    guided = uncond + 7.5 * (cond - uncond)
+    assert torch.equal(classifier_free_guidance(uncond, cond, 7.5), guided)
+    assert torch.equal(classifier_free_guidance(uncond, cond, 7.5, 0.0), guided)
+    torch.testing.assert_close(classifier_free_guidance(uncond, cond, 1.0), cond)
+    # Lin et al.'s rescale: the guided prediction's per-sample std pulled to the conditional one's.
+    std = lambda x: x.flatten(1).std(dim=1).reshape(-1, 1, 1, 1)  # noqa: E731
+    expected = 0.7 * guided * std(cond) / std(guided) + 0.3 * guided
+    torch.testing.assert_close(classifier_free_guidance(uncond, cond, 7.5, 0.7), expected)
+    torch.testing.assert_close(std(classifier_free_guidance(uncond, cond, 7.5, 1.0)), std(cond))
+    # The doubled-batch form: unconditional half first.
+    assert torch.equal(guide(torch.cat([uncond, cond]), 7.5, 0.7),
+                       classifier_free_guidance(uncond, cond, 7.5, 0.7))
+
+
+def test_prior_guidance_is_the_core_cfg_with_rescale_on_x0_only(prior):
+    from dreamline.models import sampling
+
+    g = torch.Generator().manual_seed(4)
+    z_t, t = torch.randn(2, 12, 4, 4, generator=g), torch.tensor([200, 700])
+    pred = prior.guided(z_t, t, ["a red chair"] * 2, [""] * 2, 5.0, rescale=0.5)
+    eps_u, x0_u = prior.eps_and_x0(z_t, t, prior.a * z_t)
+    eps_c, x0_c = prior.eps_and_x0(z_t, t, prior.a * z_t + prior.b)
+    assert torch.equal(pred.eps, sampling.classifier_free_guidance(eps_u, eps_c, 5.0))
+    assert torch.equal(pred.x0, sampling.classifier_free_guidance(x0_u, x0_c, 5.0, 0.5))
+    plain = prior.guided(z_t, t, ["a red chair"] * 2, [""] * 2, 5.0)
+    assert torch.equal(plain.x0, x0_u + 5.0 * (x0_c - x0_u)) and torch.equal(plain.eps, pred.eps)
+    assert torch.equal(pred.eps_cond, eps_c) and torch.equal(pred.eps_uncond, eps_u)
+    # ISM's DDIM inversion steps with the core's closed-form DDIM move.
+    assert scores.ddim_step is sampling.ddim_step

@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, PNDMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from dreamline.models.grid import grid_image
 from dreamline.models.pipelines import CCMPipeline, load_sd_layout
+from dreamline.models.sampling import denoise, step_kwargs
 from dreamline.models.text import encode_text
 from dreamline.models.unet import has_camera, is_multiview
-from dreamline.rendering.cameras import orbit_c2w
+from dreamline.rendering.cameras import Camera, orbit_c2w
 from tiny_models import tiny_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -231,6 +232,95 @@ def test_load_sd_layout_is_a_latent_multiview_pipeline(sd_folder):
         got = pipe.unet(z, t, encoder_hidden_states=text, class_labels=torch.randn(4, 16, generator=g),
                         cross_attention_kwargs={"num_views": 1}).sample
     assert torch.equal(got, expected)
+
+
+# --- the sampler core: one loop under both pipelines -----------------------------------------
+
+def tiny_mvdiffusion():
+    """MVDiffusion's depth-to-image pipeline on the tiny components, no CAA; 2 views of 8 px."""
+    from dreamline.models.codec import PixelUnshuffleCodec
+    from dreamline.models.unet import build_unet
+    from dreamline.texturing.depth import add_depth_input
+    from dreamline.texturing.pipeline import MVDiffusionPipeline
+    from tiny_models import TINY, tiny_text
+
+    text_encoder, tokenizer = tiny_text()
+    torch.manual_seed(0)
+    unet = add_depth_input(build_unet(TINY, in_channels=12, sample_size=4, cross_attention_dim=16), 4).eval()
+    pipe = MVDiffusionPipeline(unet=unet, vae=PixelUnshuffleCodec(factor=2), text_encoder=text_encoder,
+                               tokenizer=tokenizer, scheduler=DDIMScheduler(prediction_type="v_prediction"),
+                               max_tokens=8)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sampler(name: str):
+    """run(**kwargs) -> (N, 3, 8, 8) images of the named pipeline, and its latent shape."""
+    if name == "multiview":
+        pipe = tiny_pipeline()
+        cameras = orbit_cameras(4)
+        return (lambda **kw: pipe("a red chair", cameras=cameras, num_inference_steps=STEPS, output_type="pt",
+                                  **kw).images), (4, 12, 4, 4)
+    pipe = tiny_mvdiffusion()
+    cameras = [Camera.orbit(180.0 * i, 20.0, 1.5, 40.0, 8) for i in range(2)]
+    depths = np.full((2, 8, 8), 1.5)
+    depths[:, :2] = 0.0
+    return (lambda **kw: pipe("a red chair", depths, cameras, num_inference_steps=STEPS, output_type="pt",
+                              **kw).images), (2, 12, 4, 4)
+
+
+@pytest.mark.parametrize("name", ["multiview", "mvdiffusion"])
+def test_eta_makes_ddim_stochastic_and_seeded(name):
+    run, shape = sampler(name)
+    latents = torch.randn(shape, generator=seeded(9))
+    plain = run(latents=latents, generator=seeded(0))
+    assert torch.equal(run(latents=latents, eta=0.0, generator=seeded(1)), plain)  # eta 0: no draws
+    noisy = run(latents=latents, eta=1.0, generator=seeded(0))
+    assert torch.equal(run(latents=latents, eta=1.0, generator=seeded(0)), noisy)  # same generator
+    assert (noisy - plain).abs().max() > 1e-4
+    # The steps' noise comes from the generator: same start, another seed, another sample.
+    assert (run(latents=latents, eta=1.0, generator=seeded(1)) - noisy).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("name", ["multiview", "mvdiffusion"])
+def test_guidance_rescale_changes_guided_samples(name):
+    run, _ = sampler(name)
+    cfg = run(guidance_scale=3.0, negative_prompt="a blue car", generator=seeded(0))
+    rescaled = run(guidance_scale=3.0, guidance_rescale=0.7, negative_prompt="a blue car", generator=seeded(0))
+    assert (cfg - rescaled).abs().max() > 1e-4
+    assert torch.equal(run(guidance_scale=3.0, guidance_rescale=0.0, negative_prompt="a blue car",
+                           generator=seeded(0)), cfg)
+    # Without guidance there is nothing to rescale.
+    assert torch.equal(run(guidance_rescale=0.7, generator=seeded(0)), run(generator=seeded(0)))
+
+
+def test_denoise_is_the_scheduler_loop_with_guidance():
+    scheduler = DDIMScheduler(prediction_type="v_prediction")
+    latents = torch.randn(2, 3, 4, 4, generator=seeded(0))
+    weights = torch.tensor([0.2, 0.2, 0.5, 0.5]).reshape(-1, 1, 1, 1)   # uncond half, cond half
+    seen = []
+
+    def model(x, t):
+        return weights * x + 1e-3 * t
+
+    def progress(timesteps):
+        seen.extend(int(t) for t in timesteps)
+        return timesteps
+
+    got = denoise(scheduler, model, latents, 4, guidance_scale=3.0, generator=seeded(1), eta=0.5,
+                  progress=progress)
+    reference = DDIMScheduler(prediction_type="v_prediction")
+    reference.set_timesteps(4)
+    x, g = latents * reference.init_noise_sigma, seeded(1)
+    for t in reference.timesteps:
+        uncond, cond = model(torch.cat([x, x]), t).chunk(2)
+        x = reference.step(uncond + 3.0 * (cond - uncond), t, x, eta=0.5, generator=g).prev_sample
+    assert torch.equal(got, x)
+    assert seen == [int(t) for t in reference.timesteps] and len(seen) == 4
+    # generator and eta reach a step only if it takes them.
+    g = seeded(0)
+    assert step_kwargs(DDIMScheduler(), g, 0.3) == {"generator": g, "eta": 0.3}
+    assert step_kwargs(DDPMScheduler(), g, 0.3) == {"generator": g}
 
 
 # --- grids ---------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from dreamline.models.codec import to_latent
-from dreamline.models.pipelines import rescale_guidance
+from dreamline.models.sampling import classifier_free_guidance
 from dreamline.models.text import TextCache
 from dreamline.models.unet import has_camera, is_multiview
 
@@ -92,15 +92,14 @@ class DiffusionPrior:
     def guided(self, z_t: torch.Tensor, t: torch.Tensor, texts: list[str], negatives: list[str],
                scale: float, cameras: torch.Tensor | None = None, num_views: int = 1,
                rescale: float = 0.0) -> Prediction:
-        """Classifier-free guidance: uncond + scale * (cond - uncond), both in one UNet call.
-        `rescale` applies Lin et al.'s CFG rescale to the x0 estimate (MVDream's SDS)."""
+        """Classifier-free guidance: uncond + scale * (cond - uncond), both in one UNet call
+        (the sampler core's `classifier_free_guidance`, as the pipelines use it). `rescale`
+        applies Lin et al.'s CFG rescale to the x0 estimate only (MVDream's SDS)."""
         n = z_t.shape[0]
         cams = None if cameras is None else torch.cat([cameras, cameras])
         raw = self.raw(torch.cat([z_t, z_t]), torch.cat([t, t]), list(negatives) + list(texts), cams, num_views)
         eps_u, x0_u = self.eps_and_x0(z_t, t, raw[:n])
         eps_c, x0_c = self.eps_and_x0(z_t, t, raw[n:])
-        eps = eps_u + scale * (eps_c - eps_u)
-        x0 = x0_u + scale * (x0_c - x0_u)
-        if rescale > 0.0:
-            x0 = rescale_guidance(x0, x0_c, rescale)
+        eps = classifier_free_guidance(eps_u, eps_c, scale)
+        x0 = classifier_free_guidance(x0_u, x0_c, scale, rescale)
         return Prediction(eps=eps, x0=x0, eps_cond=eps_c, eps_uncond=eps_u)

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import torch
 
+# The deterministic DDIM move (ISM's inversion and its x_s -> x_t step) is the sampler core's.
+from dreamline.models.sampling import ddim_step  # noqa: F401
+
 
 def weight(alpha_bar: torch.Tensor, kind: str) -> torch.Tensor:
     """w(t): "sds" = sigma_t^2 = 1 - alpha_bar (DreamFusion), "snr" = alpha_bar / (1 - alpha_bar)
@@ -39,13 +42,6 @@ def ism_grad(eps_t: torch.Tensor, eps_s: torch.Tensor, w: torch.Tensor) -> torch
 def x0_reconstruction_loss(z: torch.Tensor, x0_hat: torch.Tensor) -> torch.Tensor:
     """MVDream: 0.5 ||z - stopgrad(x0_hat)||^2 per batch item (= SDS with w(t) = SNR)."""
     return 0.5 * ((z - x0_hat.detach()) ** 2).sum() / z.shape[0]
-
-
-def ddim_step(x: torch.Tensor, eps: torch.Tensor, ab_from: torch.Tensor, ab_to: torch.Tensor) -> torch.Tensor:
-    """Deterministic DDIM move of x from one noise level to another along eps (eta = 0);
-    towards more noise it is DDIM inversion."""
-    x0 = (x - (1.0 - ab_from).sqrt() * eps) / ab_from.sqrt()
-    return ab_to.sqrt() * x0 + (1.0 - ab_to).sqrt() * eps
 
 
 def inversion_timesteps(s: int, steps: int) -> list[int]:

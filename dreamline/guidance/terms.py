@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from dreamline.guidance import scores
+from dreamline.guidance.configs import GUIDANCES, AGPGuidanceParams, ISMParams, MVSDSParams, SDSParams
 from dreamline.guidance.prior import DiffusionPrior
-from dreamline.registry import Registry
 from dreamline.representations.base import Cameras, RenderOutput
 
 
@@ -30,9 +30,6 @@ class StepInput:
     @property
     def progress(self) -> float:
         return self.step / max(self.total_steps, 1)
-
-
-GUIDANCES: Registry[type] = Registry("guidance")
 
 
 class Guidance:
@@ -88,7 +85,7 @@ def text_guided_eps(prior: DiffusionPrior, c, s: StepInput, z_t: torch.Tensor, t
     return scores.perp_neg(eps[0], eps[1], eps[2:], c.guidance_scale, c.perp_neg_weight)
 
 
-@GUIDANCES.register("sds")
+@GUIDANCES.implements(SDSParams)
 class SDS(Guidance):
     """DreamFusion: w(t) (eps_phi(x_t; y, t) - eps), t ~ U(t_min, t_max) per view."""
 
@@ -102,7 +99,7 @@ class SDS(Guidance):
         return {"loss": scores.surrogate_loss(z, grad), "t": t.float().mean()}
 
 
-@GUIDANCES.register("mv-sds")
+@GUIDANCES.implements(MVSDSParams)
 class MultiViewSDS(Guidance):
     """MVDream: 4 orthogonal views denoised jointly with their cameras; loss
     ||z - stopgrad(x0_hat)||^2 with CFG rescale on x0_hat; t bounds annealed linearly."""
@@ -127,7 +124,7 @@ class MultiViewSDS(Guidance):
         return {"loss": scores.x0_reconstruction_loss(z, pred.x0), "t": t.float().mean()}
 
 
-@GUIDANCES.register("ism")
+@GUIDANCES.implements(ISMParams)
 class ISM(Guidance):
     """LucidDreamer: x_s by deterministic DDIM inversion of the render (unconditional model,
     `inversion_steps` steps), one more step to x_t, and the interval score
@@ -165,7 +162,7 @@ class ISM(Guidance):
         return {"loss": scores.surrogate_loss(z, grad), "t": t.float().mean()}
 
 
-@GUIDANCES.register("agp")
+@GUIDANCES.implements(AGPGuidanceParams)
 class AGP(Guidance):
     """SweetDreamer: SDS of the CCM model on the rendered canonical coordinate map. The CCM
     render depends on geometry only (weights x canonical position), so only density learns."""

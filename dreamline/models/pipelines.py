@@ -8,7 +8,6 @@ cannot find it.
 """
 from __future__ import annotations
 
-import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +18,11 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dreamline.models.codec import PixelUnshuffleCodec, from_latent, spatial_factor
+# rescale_guidance is re-exported: it lived here before the sampler core.
+from dreamline.models.sampling import denoise, initial_latents, rescale_guidance, uses_guidance  # noqa: F401
 from dreamline.models.text import encode_text
 from dreamline.models.unet import has_camera, is_multiview, to_multiview
 
@@ -38,18 +38,6 @@ class CCMPipelineOutput(BaseOutput):
     """``images``: CCMs in [0, 1], 0 on background; ``masks``: (N, H, W) bool foreground."""
     images: np.ndarray | torch.Tensor | list[PIL.Image.Image]
     masks: np.ndarray | torch.Tensor
-
-
-def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, rescale: float) -> torch.Tensor:
-    """Lin et al. 2023, sec. 3.4: pull the guided prediction's per-sample std back to the
-    conditional one's (CFG inflates it: over-exposure), mixed in by `rescale`.
-
-    Written out rather than imported: importing it from diffusers' SD pipeline module pulls
-    in transformers' image processors (and their torchvision warnings).
-    """
-    dims = list(range(1, cond.ndim))
-    rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
-    return rescale * rescaled + (1.0 - rescale) * guided
 
 
 def _batch(prompt, cameras) -> tuple[list[str], torch.Tensor | None]:
@@ -111,8 +99,10 @@ class MultiViewDiffusionPipeline(DiffusionPipeline):
                num_inference_steps: int = 50, guidance_scale: float = 1.0, guidance_rescale: float = 0.0,
                height: int | None = None, width: int | None = None,
                generator: torch.Generator | list[torch.Generator] | None = None,
-               latents: torch.Tensor | None = None, max_tokens: int | None = None) -> torch.Tensor:
-        """The decoded samples, (B*F, C, H, W) in about [-1, 1], unclamped."""
+               latents: torch.Tensor | None = None, max_tokens: int | None = None,
+               eta: float = 0.0) -> torch.Tensor:
+        """The decoded samples, (B*F, C, H, W) in about [-1, 1], unclamped. `eta` is DDIM's
+        (0: deterministic, 1: as stochastic as DDPM), for schedulers whose step takes it."""
         prompts, cameras = _batch(prompt, cameras)
         batch = len(prompts)
         negative = [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
@@ -130,7 +120,7 @@ class MultiViewDiffusionPipeline(DiffusionPipeline):
         if is_multiview(self.unet):
             attention_kwargs = {"num_views": views if self.joint_views else 1}
 
-        guidance = guidance_scale > 1.0
+        guidance = uses_guidance(guidance_scale)
         states, mask = self._text_states(prompts, negative, views, guidance, max_tokens, device)
         if guidance and class_labels is not None:
             class_labels = torch.cat([class_labels, class_labels])
@@ -139,29 +129,16 @@ class MultiViewDiffusionPipeline(DiffusionPipeline):
         height = height or self.unet.config.sample_size * factor
         width = width or self.unet.config.sample_size * factor
         shape = (batch * views, self.unet.config.in_channels, height // factor, width // factor)
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents of shape {tuple(latents.shape)}, expected {shape}")
-        latents = latents.to(device, self.unet.dtype) * self.scheduler.init_noise_sigma
+        latents = initial_latents(shape, generator, device, self.unet.dtype, latents)
 
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        # Stochastic samplers (DDPM, DDIM with eta > 0) draw noise: seeded from `generator` too.
-        step_kwargs = {}
-        if "generator" in inspect.signature(self.scheduler.step).parameters:
-            step_kwargs["generator"] = generator
-        for t in self.progress_bar(self.scheduler.timesteps):
-            model_input = torch.cat([latents, latents]) if guidance else latents
-            model_input = self.scheduler.scale_model_input(model_input, t)
-            pred = self.unet(model_input, t, encoder_hidden_states=states, encoder_attention_mask=mask,
+        def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.unet(x, t, encoder_hidden_states=states, encoder_attention_mask=mask,
                              class_labels=class_labels, cross_attention_kwargs=attention_kwargs).sample
-            if guidance:
-                uncond, cond = pred.chunk(2)
-                pred = uncond + guidance_scale * (cond - uncond)
-                if guidance_rescale > 0.0:
-                    pred = rescale_guidance(pred, cond, guidance_rescale)
-            latents = self.scheduler.step(pred, t, latents, **step_kwargs).prev_sample
 
+        # Stochastic samplers (DDPM, DDIM with eta > 0) draw noise: seeded from `generator` too.
+        latents = denoise(self.scheduler, model, latents, num_inference_steps, guidance_scale=guidance_scale,
+                          guidance_rescale=guidance_rescale, generator=generator, eta=eta, device=device,
+                          progress=self.progress_bar)
         return from_latent(self.vae, latents.to(self.vae.dtype)).float()
 
     def _convert(self, images: torch.Tensor, output_type: str):
@@ -180,17 +157,18 @@ class MultiViewDiffusionPipeline(DiffusionPipeline):
                  guidance_rescale: float = 0.0, height: int | None = None, width: int | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None,
                  latents: torch.Tensor | None = None, output_type: str = "np",
-                 max_tokens: int | None = None, return_dict: bool = True):
+                 max_tokens: int | None = None, return_dict: bool = True, eta: float = 0.0):
         """Sample F = len(cameras) views per prompt (1 without cameras).
 
         cameras: (F, 16) shared by every prompt or (B, F, 16); row-major flattened
         camera-to-world matrices. guidance_scale > 1 turns classifier-free guidance on,
         with `negative_prompt` as the unconditional text; guidance_rescale is Lin et al.'s
-        CFG rescale (MVDream's SDS uses 0.5). Returns ``.images``: B*F images in [0, 1],
+        CFG rescale (MVDream's SDS uses 0.5); eta is DDIM's stochasticity (0: deterministic),
+        its noise drawn from `generator`. Returns ``.images``: B*F images in [0, 1],
         np (N, H, W, C), pt (N, C, H, W) or a list of PIL images.
         """
         x = self.sample(prompt, cameras, negative_prompt, num_inference_steps, guidance_scale,
-                        guidance_rescale, height, width, generator, latents, max_tokens)
+                        guidance_rescale, height, width, generator, latents, max_tokens, eta=eta)
         images = self._convert(((x + 1.0) / 2.0).clamp(0.0, 1.0), output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -216,9 +194,9 @@ class CCMPipeline(MultiViewDiffusionPipeline):
                  generator: torch.Generator | list[torch.Generator] | None = None,
                  latents: torch.Tensor | None = None, output_type: str = "np",
                  max_tokens: int | None = None, return_dict: bool = True,
-                 background_threshold: float = -0.8):
+                 background_threshold: float = -0.8, eta: float = 0.0):
         x = self.sample(prompt, cameras, negative_prompt, num_inference_steps, guidance_scale,
-                        guidance_rescale, height, width, generator, latents, max_tokens)
+                        guidance_rescale, height, width, generator, latents, max_tokens, eta=eta)
         masks = x.mean(dim=1) >= background_threshold
         ccm = ((x + 1.0) / 2.0).clamp(0.0, 1.0) * masks.unsqueeze(1)
         images = self._convert(ccm, output_type)

@@ -7,7 +7,6 @@ is generated independently: the baseline MVDiffusion compares against.
 """
 from __future__ import annotations
 
-import inspect
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -16,12 +15,12 @@ import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
 
 # from_pretrained loads custom components only from modules already imported: the UNet and
 # codec classes model_index.json names live here.
 import dreamline.models.unet  # noqa: F401
 from dreamline.models.codec import from_latent, spatial_factor
+from dreamline.models.sampling import denoise, initial_latents, uses_guidance
 from dreamline.models.text import encode_text
 from dreamline.rendering.cameras import Camera
 from dreamline.texturing.caa import unet_feature_sizes
@@ -57,10 +56,11 @@ class MVDiffusionPipeline(DiffusionPipeline):
     def sample(self, prompt: str, depths: np.ndarray, cameras: list[Camera], use_caa: bool = True,
                negative_prompt: str = "", num_inference_steps: int = 50, guidance_scale: float = 1.0,
                generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
-               eta: float = 0.0) -> torch.Tensor:
+               eta: float = 0.0, guidance_rescale: float = 0.0) -> torch.Tensor:
         """Decoded views (N, 3, H, W), about [-1, 1]. `depths` (N, H, W) world-unit depth of the
         mesh in each camera (0 = background); H and W are the output size. `eta` is DDIM's
-        (0: deterministic, 1: as stochastic as DDPM), for schedulers that take it."""
+        (0: deterministic, 1: as stochastic as DDPM), for schedulers that take it;
+        `guidance_rescale` is Lin et al.'s CFG rescale (with guidance_scale > 1)."""
         depths = np.asarray(depths, dtype=np.float64)
         n = len(cameras)
         if depths.ndim != 3 or depths.shape[0] != n:
@@ -70,35 +70,28 @@ class MVDiffusionPipeline(DiffusionPipeline):
             raise ValueError(f"image size {depths.shape[1:]} is not divisible by the codec factor {factor}")
         device = self._execution_device
         cond = depth_condition(depths, self.vae).to(device, self.unet.dtype)
-        guidance = guidance_scale > 1.0
+        guidance = uses_guidance(guidance_scale)
         texts = [negative_prompt, prompt] if guidance else [prompt]
         states, mask = encode_text(self.text_encoder, self.tokenizer, texts, self.config.max_tokens)
         states = states.to(device, self.unet.dtype).repeat_interleave(n, dim=0)
         mask = None if mask is None else mask.to(device).repeat_interleave(n, dim=0)
         shape = (n, latent_channels(self.unet), cond.shape[-2], cond.shape[-1])
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents of shape {tuple(latents.shape)}, expected {shape}")
-        latents = latents.to(device, self.unet.dtype) * self.scheduler.init_noise_sigma
+        latents = initial_latents(shape, generator, device, self.unet.dtype, latents)
         cond_in = torch.cat([cond, cond]) if guidance else cond
+
+        def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            # The depth condition joins the noisy latents after the scheduler's input scaling.
+            x = torch.cat([x, cond_in], dim=1)
+            return self.unet(x, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
 
         caa = self.caa if use_caa else None
         handles = caa.attach(self.unet) if caa is not None else []
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        accepts = inspect.signature(self.scheduler.step).parameters
-        step_kwargs = {k: v for k, v in (("generator", generator), ("eta", eta)) if k in accepts}
         try:
             scope = caa.correspondences(self.geometry(depths, cameras), n) if caa is not None else nullcontext()
             with scope:
-                for t in self.progress_bar(self.scheduler.timesteps):
-                    x = torch.cat([latents, latents]) if guidance else latents
-                    x = torch.cat([self.scheduler.scale_model_input(x, t), cond_in], dim=1)
-                    pred = self.unet(x, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
-                    if guidance:
-                        uncond, c = pred.chunk(2)
-                        pred = uncond + guidance_scale * (c - uncond)
-                    latents = self.scheduler.step(pred, t, latents, **step_kwargs).prev_sample
+                latents = denoise(self.scheduler, model, latents, num_inference_steps,
+                                  guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
+                                  generator=generator, eta=eta, device=device, progress=self.progress_bar)
         finally:
             for h in handles:
                 h.remove()
@@ -107,9 +100,10 @@ class MVDiffusionPipeline(DiffusionPipeline):
     def __call__(self, prompt: str, depths: np.ndarray, cameras: list[Camera], use_caa: bool = True,
                  negative_prompt: str = "", num_inference_steps: int = 50, guidance_scale: float = 1.0,
                  generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
-                 output_type: str = "np", return_dict: bool = True, eta: float = 0.0):
+                 output_type: str = "np", return_dict: bool = True, eta: float = 0.0,
+                 guidance_rescale: float = 0.0):
         x = self.sample(prompt, depths, cameras, use_caa, negative_prompt, num_inference_steps, guidance_scale,
-                        generator, latents, eta)
+                        generator, latents, eta, guidance_rescale)
         images = ((x + 1.0) / 2.0).clamp(0.0, 1.0)
         if output_type == "pt":
             out = images.cpu()
