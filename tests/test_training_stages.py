@@ -21,7 +21,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import make_project
+from conftest import REPO, make_project
 
 BASE_STEPS = 24
 TINY = {
@@ -385,6 +385,43 @@ def test_sample_cli_writes_png(tiny):
     assert proc.returncode == 0, f"`dreamline sample` failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     with Image.open(tiny.root / "x.png") as im:
         assert im.format == "PNG" and im.size == grid_size(4, 4)
+
+
+# -- the fine-tuning template ---------------------------------------------------------------
+
+def test_every_training_stage_runs_the_fine_tuning_template(monkeypatch):
+    """Each trainer a training flow names is a thin wrapper over the run() of a FineTuning
+    subclass in its own module, whose code (the template's included) is in its run key."""
+    import importlib
+    import re
+
+    from dreamline.lineage.code import closure
+    from dreamline.training.template import FineTuning
+
+    refs = sorted(set(re.findall(r'"(dreamline\.[\w.]+:\w+)"', (REPO / "flows/training.py").read_text())))
+    assert len(refs) == 6, refs   # train_mv serves train_mv and train_mv_3d
+    ran = []
+    monkeypatch.setattr(FineTuning, "run", lambda self: ran.append(self) or {"stage": type(self).__name__})
+    for ref in refs:
+        module, _, func = ref.partition(":")
+        summary = getattr(importlib.import_module(module), func)("p", "renders", "captions.parquet", "out", "work")
+        stage = ran[-1]
+        assert isinstance(stage, FineTuning) and type(stage).__module__ == module, ref
+        assert summary == {"stage": type(stage).__name__}
+        assert (stage.p, stage.out_dir, stage.work_dir) == ("p", Path("out"), Path("work"))
+        code = closure(f"{module}:{type(stage).__qualname__}")
+        assert {"dreamline/training/template.py", module.replace(".", "/") + ".py"} <= set(code), (ref, code)
+    assert len(ran) == len(refs)
+
+
+def test_second_training_run_has_its_own_checkpoints_key_and_dvclive_folder():
+    from dreamline.training.template import TrainingRun
+
+    main = TrainingRun(torch.nn.Linear(1, 1), lambda step: None, lambda m, b, g: None, 4, work="agp")
+    ablation = TrainingRun(torch.nn.Linear(1, 1), lambda step: None, lambda m, b, g: None, 4, name="ablation")
+    assert (main.work_subdir, main.key_suffix, main.live_dir, main.summary_key) == ("agp", "", "dvclive", "training")
+    assert (ablation.work_subdir, ablation.key_suffix, ablation.live_dir, ablation.summary_key) == (
+        "ablation", "-ablation", "dvclive_ablation", "ablation_training")
 
 
 # -- invalid params -------------------------------------------------------------------------

@@ -22,15 +22,14 @@ from dreamline.config import TrainCAAParams, TrainDepthParams
 from dreamline.models.weights import load_pretrained
 from dreamline.paths import confine
 from dreamline.rendering.cameras import Camera
-from dreamline.training.common import (fresh_folder, keeps_global_rng, file_digest, load_base_pipeline, pixel_resolution,
-                                       renders_digest, replace_folder, run_key, training_record, write_summary)
-from dreamline.training.data import choose_captions, load_views, view_sets
+from dreamline.training.common import file_digest, pixel_resolution
+from dreamline.training.data import choose_captions, view_sets
 # The multi-view stage's helpers: views over white through the codec, and the text bank.
 from dreamline.training.multiview import _bank, _encode
 from dreamline.training.objectives import (DenoiseBatch, comparison_table, denoise_loss, draw_noise,
-                                           paired_heldout_losses, training_loss)
+                                           paired_heldout_losses)
+from dreamline.training.template import FineTuning
 from dreamline.texturing.correspondence import Correspondences, correspondences, depth_at
-
 
 
 def view_depths(renders_root: Path, rows, resolution: int) -> np.ndarray:
@@ -50,67 +49,73 @@ def view_cameras(rows) -> list[Camera]:
             for r in rows.itertuples()]
 
 
-@keeps_global_rng
+class DepthTraining(FineTuning):
+    """train_depth: the base UNet with the depth map as extra (zero-weighted) input channels."""
+
+    model_name = "depth"
+
+    def prepare(self) -> None:
+        from diffusers import DDPMScheduler
+
+        from dreamline.texturing.depth import add_depth_input, depth_channels, depth_condition
+
+        self.base = base = self.load_start(self.p.base_model)
+        res = pixel_resolution(base)
+        self.train = self.load_split("train", res)
+        self.val = self.load_split("val", res)
+        self.train_depths = depth_condition(view_depths(self.renders_root, self.train.rows, res), base.vae)
+        self.val_depths = depth_condition(view_depths(self.renders_root, self.val.rows, res), base.vae)
+        self.bank = _bank(base, self.train.rows, "", self.max_tokens)
+        self.val_bank = _bank(base, self.val.rows, "", self.max_tokens)
+        self.scheduler = DDPMScheduler.from_config(base.scheduler.config)
+        self.model = add_depth_input(copy.deepcopy(base.unet), depth_channels(base.vae)).train()
+
+    def learns_from(self) -> tuple[str, ...]:
+        return (*super().learns_from(), file_digest(Path(self.p.base_model)))
+
+    def make_batch(self, step: int) -> DenoiseBatch:
+        from dreamline.training.loop import batch_indices
+
+        p, seed, train = self.p, self.p.train.seed, self.train
+        idx = batch_indices(seed, step, len(train), p.train.batch_size)
+        rng = np.random.default_rng([seed, step, 17])
+        states, mask = self.bank.lookup(choose_captions(train.rows.iloc[idx], rng, p.original_text_prob,
+                                                        p.caption_dropout))
+        return DenoiseBatch(_encode(self.base, train, idx), states, mask, None,
+                            cond=self.train_depths[torch.as_tensor(idx)])
+
+    def evaluate(self) -> dict:
+        val, val_depths, seed = self.val, self.val_depths, self.p.train.seed
+        latents = _encode(self.base, val, np.arange(len(val)))
+        states, mask = self.val_bank.lookup(val.rows["caption"].tolist())
+        # Another object's depth: the val views shifted by half the table (sorted by uid).
+        other = torch.roll(val_depths, len(val) // 2, dims=0)
+        none = torch.full_like(val_depths, -1.0)
+
+        def variant(depth, chunk: int = 64):
+            return self.model, [DenoiseBatch(latents[s:s + chunk], states[s:s + chunk],
+                                             None if mask is None else mask[s:s + chunk], None, cond=depth[s:s + chunk])
+                                for s in range(0, len(latents), chunk)]
+
+        results = paired_heldout_losses({"own_depth": variant(val_depths), "other_object_depth": variant(other),
+                                         "no_depth": variant(none)}, self.scheduler, self.p.eval_timesteps, seed)
+        return {"heldout": comparison_table(results, "own_depth", seed)}
+
+    def output_pipeline(self):
+        from dreamline.texturing.pipeline import MVDiffusionPipeline
+
+        base = self.base
+        return MVDiffusionPipeline(unet=self.model, vae=base.vae, text_encoder=base.text_encoder,
+                                   tokenizer=base.tokenizer, scheduler=base.scheduler, caa=None,
+                                   max_tokens=self.max_tokens)
+
+    def describe(self) -> dict:
+        return {"train_views": len(self.train), "heldout_views": len(self.val)}
+
+
 def train_depth(p: TrainDepthParams, renders_root: Path, captions_path: Path, out_dir: Path, work_dir: Path,
                 max_tokens: int = 16) -> dict:
-    from diffusers import DDPMScheduler
-
-    from dreamline.texturing.depth import add_depth_input, depth_channels, depth_condition
-    from dreamline.texturing.pipeline import MVDiffusionPipeline
-    from dreamline.training.loop import Trainer, batch_indices
-
-    torch.manual_seed(p.train.seed)
-    base = load_base_pipeline(p.base_model)
-    max_tokens = getattr(base.config, "max_tokens", None) or max_tokens
-    res = pixel_resolution(base)
-    train = load_views(renders_root, captions_path, res, splits=("train",))
-    val = load_views(renders_root, captions_path, res, splits=("val",))
-    train_depths = depth_condition(view_depths(renders_root, train.rows, res), base.vae)
-    val_depths = depth_condition(view_depths(renders_root, val.rows, res), base.vae)
-    bank, val_bank = _bank(base, train.rows, "", max_tokens), _bank(base, val.rows, "", max_tokens)
-    scheduler = DDPMScheduler.from_config(base.scheduler.config)
-    unet = add_depth_input(copy.deepcopy(base.unet), depth_channels(base.vae)).train()
-    seed, bs = p.train.seed, p.train.batch_size
-
-    def make_batch(step: int):
-        idx = batch_indices(seed, step, len(train), bs)
-        rng = np.random.default_rng([seed, step, 17])
-        states, mask = bank.lookup(choose_captions(train.rows.iloc[idx], rng, p.original_text_prob, p.caption_dropout))
-        return DenoiseBatch(_encode(base, train, idx), states, mask, None, cond=train_depths[torch.as_tensor(idx)])
-
-    def loss_fn(model, batch, g):
-        return training_loss(model, scheduler, batch, g)
-
-    key = run_key(p, renders_digest(renders_root), file_digest(captions_path), file_digest(Path(p.base_model)))
-    trainer = Trainer(unet, p.train, work_dir, make_batch, loss_fn, samples_per_step=bs, run_key=key)
-    result = trainer.run()
-    trainer.ema.copy_to(unet.parameters())
-    unet.eval()
-
-    latents = _encode(base, val, np.arange(len(val)))
-    states, mask = val_bank.lookup(val.rows["caption"].tolist())
-    # Another object's depth: the val views shifted by half the table (sorted by uid).
-    other = torch.roll(val_depths, len(val) // 2, dims=0)
-    none = torch.full_like(val_depths, -1.0)
-
-    def variant(depth, chunk: int = 64):
-        return unet, [DenoiseBatch(latents[s:s + chunk], states[s:s + chunk],
-                                   None if mask is None else mask[s:s + chunk], None, cond=depth[s:s + chunk])
-                      for s in range(0, len(latents), chunk)]
-
-    heldout = comparison_table(paired_heldout_losses({"own_depth": variant(val_depths),
-                                                      "other_object_depth": variant(other),
-                                                      "no_depth": variant(none)}, scheduler, p.eval_timesteps, seed),
-                               "own_depth", seed)
-    pipe = MVDiffusionPipeline(unet=unet, vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
-                               scheduler=base.scheduler, caa=None, max_tokens=max_tokens)
-    folder = fresh_folder(out_dir)
-    pipe.save_pretrained(folder)
-    summary = {"model": "depth", "train_views": len(train), "heldout_views": len(val), "heldout": heldout,
-               "training": training_record(result, folder)}
-    write_summary(folder, summary)
-    replace_folder(folder, out_dir)
-    return summary
+    return DepthTraining(p, renders_root, captions_path, out_dir, work_dir, max_tokens).run()
 
 
 def caa_noise(batch: DenoiseBatch, num_train_timesteps: int, min_timestep: int, independent: float,
@@ -142,101 +147,129 @@ def batch_geometry(per_size: dict, chosen: np.ndarray) -> dict:
     return {hw: Correspondences(tgt[idx], val[idx], others) for hw, (tgt, val, others) in per_size.items()}
 
 
-@keeps_global_rng
-def train_caa(p: TrainCAAParams, renders_root: Path, captions_path: Path, out_dir: Path, work_dir: Path) -> dict:
-    from diffusers import DDPMScheduler
+class CAATraining(FineTuning):
+    """train_caa: CAA blocks after every block of the frozen depth model, on view sets."""
 
-    from dreamline.models.codec import spatial_factor
-    from dreamline.models.grid import grid_image
-    from dreamline.texturing.caa import CAAModel, unet_feature_sizes
-    from dreamline.texturing.depth import depth_condition
-    from dreamline.texturing.pipeline import MVDiffusionPipeline
-    from dreamline.training.loop import Trainer, batch_indices
+    model_name = "mvdiffusion"
 
-    torch.manual_seed(p.train.seed)
-    pipe = load_pretrained(MVDiffusionPipeline, p.depth_model, "train_caa.depth_model")
-    pipe.set_progress_bar_config(disable=True)
-    unet = pipe.unet.eval().requires_grad_(False)
-    res = pixel_resolution(pipe)
-    latent = res // spatial_factor(pipe.vae)
-    sizes = unet_feature_sizes(unet, latent, latent)
-    train = load_views(renders_root, captions_path, res, kinds=("mv",), splits=("train",))
-    val = load_views(renders_root, captions_path, res, kinds=("mv",), splits=("val",))
-    n = p.num_views
-    train_sets, val_sets = view_sets(train, n), view_sets(val, n)
-    train_depth, train_geo = set_geometry(renders_root, train, train_sets, res, sizes, p.depth_tol)
-    val_depth, val_geo = set_geometry(renders_root, val, val_sets, res, sizes, p.depth_tol)
-    train_cond = depth_condition(train_depth, pipe.vae)
-    val_cond = depth_condition(val_depth, pipe.vae)
-    max_tokens = pipe.config.max_tokens
-    bank, val_bank = _bank(pipe, train.rows, "", max_tokens), _bank(pipe, val.rows, "", max_tokens)
-    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    caa = CAAModel.for_unet(unet, heads=p.heads, kernel=p.kernel, num_freqs=p.num_freqs,
-                            norm_groups=unet.config.norm_num_groups)
-    handles = caa.attach(unet)
-    seed, bs = p.train.seed, p.train.batch_size
+    def prepare(self) -> None:
+        from diffusers import DDPMScheduler
 
-    def make_batch(step: int):
-        chosen = batch_indices(seed, step, len(train_sets), bs)
+        from dreamline.models.codec import spatial_factor
+        from dreamline.texturing.caa import CAAModel, unet_feature_sizes
+        from dreamline.texturing.depth import depth_condition
+        from dreamline.texturing.pipeline import MVDiffusionPipeline
+
+        p = self.p
+        self.pipe = pipe = load_pretrained(MVDiffusionPipeline, p.depth_model, "train_caa.depth_model")
+        pipe.set_progress_bar_config(disable=True)
+        self.unet = unet = pipe.unet.eval().requires_grad_(False)
+        res = pixel_resolution(pipe)
+        latent = res // spatial_factor(pipe.vae)
+        sizes = unet_feature_sizes(unet, latent, latent)
+        self.train = self.load_split("train", res, kinds=("mv",))
+        self.val = self.load_split("val", res, kinds=("mv",))
+        n = p.num_views
+        self.train_sets, self.val_sets = view_sets(self.train, n), view_sets(self.val, n)
+        train_depths, self.train_geo = set_geometry(self.renders_root, self.train, self.train_sets, res, sizes,
+                                                   p.depth_tol)
+        self.val_depth, self.val_geo = set_geometry(self.renders_root, self.val, self.val_sets, res, sizes,
+                                                    p.depth_tol)
+        self.train_cond = depth_condition(train_depths, pipe.vae)
+        self.val_cond = depth_condition(self.val_depth, pipe.vae)
+        self.max_tokens = pipe.config.max_tokens
+        self.bank = _bank(pipe, self.train.rows, "", self.max_tokens)
+        self.val_bank = _bank(pipe, self.val.rows, "", self.max_tokens)
+        self.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.model = CAAModel.for_unet(unet, heads=p.heads, kernel=p.kernel, num_freqs=p.num_freqs,
+                                       norm_groups=unet.config.norm_num_groups)
+        self.handles = self.model.attach(unet)
+
+    def learns_from(self) -> tuple[str, ...]:
+        return (*super().learns_from(), file_digest(Path(self.p.depth_model)))
+
+    def samples_per_step(self) -> int:
+        return self.p.train.batch_size * self.p.num_views
+
+    def make_batch(self, step: int) -> DenoiseBatch:
+        from dreamline.training.loop import batch_indices
+
+        p, seed, n, caa = self.p, self.p.train.seed, self.p.num_views, self.model
+        train, train_sets = self.train, self.train_sets
+        chosen = batch_indices(seed, step, len(train_sets), p.train.batch_size)
         rng = np.random.default_rng([seed, step, 19])
         texts = choose_captions(train.rows.iloc[train_sets[chosen, 0]], rng, p.original_text_prob, p.caption_dropout)
-        states, mask = bank.lookup([t for t in texts for _ in range(n)])
+        states, mask = self.bank.lookup([t for t in texts for _ in range(n)])
         idx = train_sets[chosen].reshape(-1)
-        geo = batch_geometry(train_geo, chosen)
-        return DenoiseBatch(_encode(pipe, train, idx), states, mask, None, n, cond=train_cond[torch.as_tensor(idx)],
-                            scope=lambda: caa.correspondences(geo, n))
+        geo = batch_geometry(self.train_geo, chosen)
+        return DenoiseBatch(_encode(self.pipe, train, idx), states, mask, None, n,
+                            cond=self.train_cond[torch.as_tensor(idx)], scope=lambda: caa.correspondences(geo, n))
 
-    def loss_fn(model, batch, g):
-        noise, t = caa_noise(batch, scheduler.config.num_train_timesteps, p.min_timestep, p.independent_timesteps, g)
-        return denoise_loss(unet, scheduler, batch, noise, t)
+    def loss(self, model, batch, generator: torch.Generator) -> torch.Tensor:
+        # The CAA blocks run inside the frozen UNet, through the hooks attach() set.
+        p = self.p
+        noise, t = caa_noise(batch, self.scheduler.config.num_train_timesteps, p.min_timestep,
+                             p.independent_timesteps, generator)
+        return denoise_loss(self.unet, self.scheduler, batch, noise, t)
 
-    key = run_key(p, renders_digest(renders_root), file_digest(captions_path), file_digest(Path(p.depth_model)))
-    trainer = Trainer(caa, p.train, work_dir, make_batch, loss_fn, samples_per_step=bs * n, run_key=key)
-    result = trainer.run()
-    trainer.ema.copy_to(caa.parameters())
-    caa.eval()
+    def evaluate(self) -> dict:
+        p, seed, n, caa = self.p, self.p.train.seed, self.p.num_views, self.model
+        val, val_sets = self.val, self.val_sets
+        vidx = val_sets.reshape(-1)
+        latents = _encode(self.pipe, val, vidx)
+        states, mask = self.val_bank.lookup([val.rows["caption"].iloc[s[0]] for s in val_sets for _ in range(n)])
+        cond = self.val_cond[torch.as_tensor(vidx)]
 
-    vidx = val_sets.reshape(-1)
-    latents = _encode(pipe, val, vidx)
-    states, mask = val_bank.lookup([val.rows["caption"].iloc[s[0]] for s in val_sets for _ in range(n)])
-    cond = val_cond[torch.as_tensor(vidx)]
+        def variant(on: bool, chunk: int = 16):
+            batches = []
+            for s in range(0, len(val_sets), chunk):
+                sl = slice(s * n, (s + chunk) * n)
+                geo = batch_geometry(self.val_geo, np.arange(s, min(s + chunk, len(val_sets))))
+                scope = (lambda geo=geo: caa.correspondences(geo, n)) if on else caa.off
+                batches.append(DenoiseBatch(latents[sl], states[sl], None if mask is None else mask[sl], None, n,
+                                            cond=cond[sl], scope=scope))
+            return self.unet, batches
 
-    def variant(on: bool, chunk: int = 16):
-        batches = []
-        for s in range(0, len(val_sets), chunk):
-            sl, geo = slice(s * n, (s + chunk) * n), batch_geometry(val_geo, np.arange(s, min(s + chunk, len(val_sets))))
-            scope = (lambda geo=geo: caa.correspondences(geo, n)) if on else caa.off
-            batches.append(DenoiseBatch(latents[sl], states[sl], None if mask is None else mask[sl], None, n,
-                                        cond=cond[sl], scope=scope))
-        return unet, batches
+        heldout = comparison_table(paired_heldout_losses({"caa": variant(True), "caa_off": variant(False)},
+                                                         self.scheduler, p.eval_timesteps, seed, n), "caa", seed)
+        heldout["_sets"] = int(len(val_sets))
+        return {"heldout": heldout}
 
-    heldout = comparison_table(paired_heldout_losses({"caa": variant(True), "caa_off": variant(False)}, scheduler,
-                                                     p.eval_timesteps, seed, n), "caa", seed)
-    heldout["_sets"] = int(len(val_sets))
-    for h in handles:
-        h.remove()
-    out = MVDiffusionPipeline(unet=unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-                              scheduler=pipe.scheduler, caa=caa, max_tokens=max_tokens, depth_tol=p.depth_tol)
-    out.set_progress_bar_config(disable=True)
-    folder = fresh_folder(out_dir)
-    out.save_pretrained(folder)
-    k = min(p.train.sample_captions, len(val_sets))
-    if k:
-        cams = view_cameras(val.rows)
-        rows = []
-        for s in val_sets[:k]:
-            kwargs = dict(num_inference_steps=p.train.sample_steps, guidance_scale=p.train.guidance_scale,
-                          output_type="np")
-            prompt = val.rows["caption"].iloc[s[0]]
-            d = val_depth[s]
-            for use in (True, False):
-                rows.append(out(prompt, d, [cams[i] for i in s], use_caa=use,
-                                generator=torch.Generator().manual_seed(seed), **kwargs).images)
-        grid_image(np.concatenate(rows), nrow=n).save(folder / "samples.png")
-        (folder / "samples.txt").write_text("rows in pairs per val set: with CAA, then the same seed without\n")
-    summary = {"model": "mvdiffusion", "num_views": n, "train_sets": int(len(train_sets)), "heldout": heldout,
-               "training": training_record(result, folder)}
-    write_summary(folder, summary)
-    replace_folder(folder, out_dir)
-    return summary
+    def output_pipeline(self):
+        from dreamline.texturing.pipeline import MVDiffusionPipeline
 
+        for h in self.handles:   # the pipeline attaches the CAA model itself
+            h.remove()
+        pipe = self.pipe
+        out = MVDiffusionPipeline(unet=self.unet, vae=pipe.vae, text_encoder=pipe.text_encoder,
+                                  tokenizer=pipe.tokenizer, scheduler=pipe.scheduler, caa=self.model,
+                                  max_tokens=self.max_tokens, depth_tol=self.p.depth_tol)
+        out.set_progress_bar_config(disable=True)
+        return out
+
+    def write_samples(self, pipe, folder: Path) -> dict:
+        from dreamline.models.grid import grid_image
+
+        p, val = self.p, self.val
+        k = min(p.train.sample_captions, len(self.val_sets))
+        if k:
+            cams = view_cameras(val.rows)
+            rows = []
+            for s in self.val_sets[:k]:
+                kwargs = dict(num_inference_steps=p.train.sample_steps, guidance_scale=p.train.guidance_scale,
+                              output_type="np")
+                prompt = val.rows["caption"].iloc[s[0]]
+                d = self.val_depth[s]
+                for use in (True, False):
+                    rows.append(pipe(prompt, d, [cams[i] for i in s], use_caa=use,
+                                     generator=torch.Generator().manual_seed(p.train.seed), **kwargs).images)
+            grid_image(np.concatenate(rows), nrow=p.num_views).save(folder / "samples.png")
+            (folder / "samples.txt").write_text("rows in pairs per val set: with CAA, then the same seed without\n")
+        return {}
+
+    def describe(self) -> dict:
+        return {"num_views": self.p.num_views, "train_sets": int(len(self.train_sets))}
+
+
+def train_caa(p: TrainCAAParams, renders_root: Path, captions_path: Path, out_dir: Path, work_dir: Path) -> dict:
+    return CAATraining(p, renders_root, captions_path, out_dir, work_dir).run()

@@ -8,18 +8,17 @@ the same batches and noise, and held-out (val) loss says whether the camera is u
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from dreamline.config import TrainAGPParams
-from dreamline.training.common import (keeps_global_rng, training_record, file_digest, fresh_folder,
-                                       load_base_pipeline, pixel_resolution, renders_digest,
-                                       replace_folder, run_key, write_summary)
-from dreamline.training.data import TextBank, all_texts, choose_captions, load_views
-from dreamline.training.objectives import (DenoiseBatch, comparison_table, paired_heldout_losses,
-                                           training_loss)
+from dreamline.training.common import file_digest, pixel_resolution
+from dreamline.training.data import TextBank, all_texts, choose_captions
+from dreamline.training.objectives import DenoiseBatch, comparison_table, paired_heldout_losses
+from dreamline.training.template import FineTuning, TrainingRun
 
 
 def _ccm_latents(pipe, table, idx) -> torch.Tensor:
@@ -53,84 +52,101 @@ def ccm_validity(raw: np.ndarray, masks: np.ndarray, real_masks: np.ndarray) -> 
             "nonempty": int(((fg > 0.01) & (fg < 0.95)).sum()), "samples": int(len(masks))}
 
 
-def _train_one(unet, p: TrainAGPParams, table, bank, pipe, scheduler, work_dir: Path, key: str,
-               cameras: bool):
-    from dreamline.training.loop import Trainer, batch_indices
+class AGPTraining(FineTuning):
+    """train_agp: the base UNet with a camera embedding, on CCMs of the agp views; with
+    `p.ablation`, a second run from the base UNet with the camera off (same batches and noise)."""
 
-    seed, bs = p.train.seed, p.train.batch_size
+    model_name = "agp"
 
-    def make_batch(step: int) -> DenoiseBatch:
-        idx = batch_indices(seed, step, len(table), bs)
+    def prepare(self) -> None:
+        from diffusers import DDPMScheduler
+
+        from dreamline.models.text import encode_text
+        from dreamline.models.unet import add_camera_embedding, has_camera
+
+        self.base = base = self.load_start(self.p.base_model)
+        resolution = pixel_resolution(base)
+        self.train = self.load_split("train", resolution, kinds=("agp",), with_ccm=True)
+        self.val = self.load_split("val", resolution, kinds=("agp",), with_ccm=True)
+        self.bank = TextBank(all_texts(self.train.rows) + all_texts(self.val.rows),
+                             lambda texts: encode_text(base.text_encoder, base.tokenizer, texts, self.max_tokens))
+        self.scheduler = DDPMScheduler.from_config(base.scheduler.config)
+        start = copy.deepcopy(base.unet)
+        self.model = start if has_camera(start) else add_camera_embedding(start)
+        self.ablation = None
+
+    def learns_from(self) -> tuple[str, ...]:
+        return (*super().learns_from(), file_digest(Path(self.p.base_model)))
+
+    def make_batch(self, step: int, cameras: bool = True) -> DenoiseBatch:
+        from dreamline.training.loop import batch_indices
+
+        p, seed = self.p, self.p.train.seed
+        idx = batch_indices(seed, step, len(self.train), p.train.batch_size)
         rng = np.random.default_rng([seed, step, 13])
-        texts = choose_captions(table.rows.iloc[idx], rng, p.original_text_prob, p.caption_dropout)
-        return _batch(pipe, table, idx, texts, bank, cameras)
+        texts = choose_captions(self.train.rows.iloc[idx], rng, p.original_text_prob, p.caption_dropout)
+        return _batch(self.base, self.train, idx, texts, self.bank, cameras)
 
-    trainer = Trainer(unet, p.train, work_dir, make_batch,
-                      lambda model, batch, g: training_loss(model, scheduler, batch, g),
-                      samples_per_step=bs, run_key=key + ("" if cameras else "-ablation"))
-    result = trainer.run()
-    trainer.ema.copy_to(unet.parameters())
-    return unet.eval(), result
+    def training_runs(self):
+        yield TrainingRun(self.model, self.make_batch, self.loss, self.samples_per_step(), work="agp")
+        if self.p.ablation:
+            self.ablation = copy.deepcopy(self.base.unet)
+            yield TrainingRun(self.ablation, functools.partial(self.make_batch, cameras=False), self.loss,
+                              self.samples_per_step(), name="ablation")
+
+    def training_records(self, trained: list, folder: Path) -> dict:
+        records = super().training_records(trained, folder)
+        records.setdefault("ablation_training", None)   # null when p.ablation is off
+        return records
+
+    def evaluate(self) -> dict:
+        val, base = self.val, self.base
+        chunks = [np.arange(s, min(s + 64, len(val))) for s in range(0, len(val), 64)]
+        captions = val.rows["caption"].tolist()
+
+        def batches(cameras: bool) -> list[DenoiseBatch]:
+            return [_batch(base, val, c, [captions[i] for i in c], self.bank, cameras) for c in chunks]
+
+        variants = {"agp": (self.model, batches(True))}
+        if self.ablation is not None:
+            variants["agp_camera_off"] = (self.ablation, batches(False))
+        seed = self.p.train.seed
+        return {"heldout": comparison_table(paired_heldout_losses(variants, self.scheduler, self.p.eval_timesteps,
+                                                                  seed), "agp", seed)}
+
+    def output_pipeline(self):
+        from dreamline.models.pipelines import CCMPipeline
+
+        base = self.base
+        return CCMPipeline(unet=self.model, vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
+                           scheduler=base.scheduler)
+
+    def write_samples(self, pipe, folder: Path) -> dict:
+        from dreamline.models.grid import grid_image
+
+        p, val = self.p, self.val
+        captions = val.rows["caption"].tolist()
+        validity = None
+        k = min(p.train.sample_captions, len(val))
+        if k:
+            rows = np.random.default_rng(p.train.seed).choice(len(val), size=k, replace=False)
+            kwargs = dict(cameras=val.cameras[torch.as_tensor(rows)][:, None],
+                          num_inference_steps=p.train.sample_steps, guidance_scale=p.train.guidance_scale)
+            prompts = [captions[i] for i in rows]
+            out = pipe(prompts, generator=torch.Generator().manual_seed(p.train.seed), output_type="np", **kwargs)
+            raw = pipe.sample(prompts, generator=torch.Generator().manual_seed(p.train.seed), **kwargs)
+            validity = ccm_validity(raw.float().numpy(), np.asarray(out.masks),
+                                    (val.ccm[torch.as_tensor(rows)] > -1).any(1).numpy())
+            truth = (val.ccm[torch.as_tensor(rows)].permute(0, 2, 3, 1).numpy() + 1) / 2
+            grid_image(np.concatenate([out.images, truth]), nrow=k).save(folder / "samples.png")
+            (folder / "samples.txt").write_text("top row: samples for held-out cameras; bottom: real CCMs\n"
+                                                + "\n".join(captions[i] for i in rows) + "\n")
+        return {"samples": validity}
+
+    def describe(self) -> dict:
+        return {"train_views": len(self.train), "heldout_views": len(self.val)}
 
 
-@keeps_global_rng
 def train_agp(p: TrainAGPParams, renders_root: Path, captions_path: Path, out_dir: Path,
               work_dir: Path, max_tokens: int = 16) -> dict:
-    from diffusers import DDPMScheduler
-
-    from dreamline.models.grid import grid_image
-    from dreamline.models.pipelines import CCMPipeline
-    from dreamline.models.text import encode_text
-    from dreamline.models.unet import add_camera_embedding, has_camera
-
-    torch.manual_seed(p.train.seed)
-    base = load_base_pipeline(p.base_model)
-    max_tokens = getattr(base.config, "max_tokens", None) or max_tokens
-    resolution = pixel_resolution(base)
-    train = load_views(renders_root, captions_path, resolution, kinds=("agp",), splits=("train",), with_ccm=True)
-    val = load_views(renders_root, captions_path, resolution, kinds=("agp",), splits=("val",), with_ccm=True)
-    bank = TextBank(all_texts(train.rows) + all_texts(val.rows),
-                    lambda texts: encode_text(base.text_encoder, base.tokenizer, texts, max_tokens))
-    scheduler = DDPMScheduler.from_config(base.scheduler.config)
-    key = run_key(p, renders_digest(renders_root), file_digest(captions_path), file_digest(Path(p.base_model)))
-    start = copy.deepcopy(base.unet)
-    unet, result = _train_one(start if has_camera(start) else add_camera_embedding(start), p, train, bank, base,
-                              scheduler, work_dir / "agp", key, cameras=True)
-    variants = {}
-    chunks = [np.arange(s, min(s + 64, len(val))) for s in range(0, len(val), 64)]
-    captions = val.rows["caption"].tolist()
-    variants["agp"] = (unet, [_batch(base, val, c, [captions[i] for i in c], bank, True) for c in chunks])
-    ablation_result = None
-    if p.ablation:
-        ablation, ablation_result = _train_one(copy.deepcopy(base.unet), p, train, bank, base, scheduler,
-                                               work_dir / "ablation", key, cameras=False)
-        variants["agp_camera_off"] = (ablation, [_batch(base, val, c, [captions[i] for i in c], bank, False)
-                                                 for c in chunks])
-    heldout = comparison_table(paired_heldout_losses(variants, scheduler, p.eval_timesteps, p.train.seed),
-                               "agp", p.train.seed)
-
-    pipe = CCMPipeline(unet=unet, vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
-                       scheduler=base.scheduler)
-    folder = fresh_folder(out_dir)
-    pipe.save_pretrained(folder)
-    validity = None
-    k = min(p.train.sample_captions, len(val))
-    if k:
-        rows = np.random.default_rng(p.train.seed).choice(len(val), size=k, replace=False)
-        kwargs = dict(cameras=val.cameras[torch.as_tensor(rows)][:, None],
-                      num_inference_steps=p.train.sample_steps, guidance_scale=p.train.guidance_scale)
-        prompts = [captions[i] for i in rows]
-        out = pipe(prompts, generator=torch.Generator().manual_seed(p.train.seed), output_type="np", **kwargs)
-        raw = pipe.sample(prompts, generator=torch.Generator().manual_seed(p.train.seed), **kwargs)
-        validity = ccm_validity(raw.float().numpy(), np.asarray(out.masks),
-                                (val.ccm[torch.as_tensor(rows)] > -1).any(1).numpy())
-        truth = (val.ccm[torch.as_tensor(rows)].permute(0, 2, 3, 1).numpy() + 1) / 2
-        grid_image(np.concatenate([out.images, truth]), nrow=k).save(folder / "samples.png")
-        (folder / "samples.txt").write_text("top row: samples for held-out cameras; bottom: real CCMs\n"
-                                            + "\n".join(captions[i] for i in rows) + "\n")
-    summary = {"model": "agp", "train_views": len(train), "heldout_views": len(val),
-               "heldout": heldout, "samples": validity, "training": training_record(result, folder),
-               "ablation_training": ablation_result and training_record(ablation_result, folder, "dvclive_ablation")}
-    write_summary(folder, summary)
-    replace_folder(folder, out_dir)
-    return summary
+    return AGPTraining(p, renders_root, captions_path, out_dir, work_dir, max_tokens).run()

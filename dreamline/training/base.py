@@ -13,12 +13,10 @@ import numpy as np
 import torch
 
 from dreamline.config import TrainBaseParams
-from dreamline.training.common import (keeps_global_rng, training_record, file_digest, fresh_folder, heldout_captions, renders_digest,
-                                       replace_folder, run_key, sampling_scheduler,
-                                       training_scheduler, write_summary)
-from dreamline.training.data import (TextBank, all_texts, choose_captions, load_views)
-from dreamline.training.objectives import (DenoiseBatch, comparison_table, paired_heldout_losses,
-                                           training_loss)
+from dreamline.training.common import heldout_captions, sampling_scheduler, training_scheduler
+from dreamline.training.data import TextBank, all_texts, choose_captions
+from dreamline.training.objectives import DenoiseBatch, comparison_table, paired_heldout_losses
+from dreamline.training.template import FineTuning
 
 WHITE = torch.ones(3)
 
@@ -73,50 +71,56 @@ def caption_losses(unet, scheduler, val, bank: TextBank, codec, p: TrainBasePara
     return comparison_table(results, "right_caption", p.train.seed)
 
 
-@keeps_global_rng
+class BaseTraining(FineTuning):
+    """train_base: a fresh UNet (MiniLM text encoder, pixel-unshuffle codec) on single views."""
+
+    model_name = "base"
+
+    def prepare(self) -> None:
+        p = self.p
+        self.table = self.load_split("train", p.resolution)
+        self.val = self.load_split("val", p.resolution)
+        self.model, self.codec, self.text_encoder, self.tokenizer = build_components(p)
+        self.bank = text_bank(self.table.rows, self.text_encoder, self.tokenizer, p.max_tokens,
+                              extra=all_texts(self.val.rows))
+        self.scheduler = training_scheduler(p.diffusion)
+
+    def make_batch(self, step: int) -> DenoiseBatch:
+        from dreamline.training.loop import batch_indices
+
+        p, seed = self.p, self.p.train.seed
+        idx = batch_indices(seed, step, len(self.table), p.train.batch_size)
+        rng = np.random.default_rng([seed, step, 7])
+        texts = choose_captions(self.table.rows.iloc[idx], rng, p.original_text_prob, p.caption_dropout)
+        return _single_view_batch(self.table, idx, texts, self.bank, self.codec)
+
+    def evaluate(self) -> dict:
+        return {"heldout": caption_losses(self.model, self.scheduler, self.val, self.bank, self.codec, self.p)}
+
+    def output_pipeline(self):
+        from dreamline.models.pipelines import MultiViewDiffusionPipeline
+
+        return MultiViewDiffusionPipeline(unet=self.model, vae=self.codec, text_encoder=self.text_encoder,
+                                          tokenizer=self.tokenizer, scheduler=sampling_scheduler(self.scheduler))
+
+    def write_samples(self, pipe, folder: Path) -> dict:
+        from dreamline.models.grid import grid_image
+
+        p = self.p
+        captions = heldout_captions(self.val.rows, p.train.sample_captions)
+        if captions:
+            g = torch.Generator().manual_seed(p.train.seed)
+            images = pipe(captions, num_inference_steps=p.train.sample_steps,
+                          guidance_scale=p.train.guidance_scale, generator=g, output_type="np",
+                          max_tokens=p.max_tokens).images
+            grid_image(images, nrow=len(captions)).save(folder / "samples.png")
+            (folder / "samples.txt").write_text("\n".join(captions) + "\n")
+        return {}
+
+    def describe(self) -> dict:
+        return {"train_views": len(self.table), "heldout_views": len(self.val)}
+
+
 def train_base(p: TrainBaseParams, renders_root: Path, captions_path: Path, out_dir: Path,
                work_dir: Path) -> dict:
-    from dreamline.models.grid import grid_image
-    from dreamline.models.pipelines import MultiViewDiffusionPipeline
-    from dreamline.training.loop import Trainer, batch_indices
-
-    torch.manual_seed(p.train.seed)
-    table = load_views(renders_root, captions_path, p.resolution, splits=("train",))
-    val = load_views(renders_root, captions_path, p.resolution, splits=("val",))
-    unet, codec, text_encoder, tokenizer = build_components(p)
-    bank = text_bank(table.rows, text_encoder, tokenizer, p.max_tokens, extra=all_texts(val.rows))
-    scheduler = training_scheduler(p.diffusion)
-    bs, seed = p.train.batch_size, p.train.seed
-
-    def make_batch(step: int) -> DenoiseBatch:
-        idx = batch_indices(seed, step, len(table), bs)
-        rng = np.random.default_rng([seed, step, 7])
-        texts = choose_captions(table.rows.iloc[idx], rng, p.original_text_prob, p.caption_dropout)
-        return _single_view_batch(table, idx, texts, bank, codec)
-
-    key = run_key(p, renders_digest(renders_root), file_digest(captions_path))
-    trainer = Trainer(unet, p.train, work_dir, make_batch,
-                      lambda model, batch, g: training_loss(model, scheduler, batch, g),
-                      samples_per_step=bs, run_key=key)
-    result = trainer.run()
-    trainer.ema.copy_to(unet.parameters())
-    unet.eval()
-
-    pipe = MultiViewDiffusionPipeline(unet=unet, vae=codec, text_encoder=text_encoder,
-                                      tokenizer=tokenizer, scheduler=sampling_scheduler(scheduler))
-    folder = fresh_folder(out_dir)
-    pipe.save_pretrained(folder)
-    heldout = caption_losses(unet, scheduler, val, bank, codec, p)
-    captions = heldout_captions(val.rows, p.train.sample_captions)
-    if captions:
-        g = torch.Generator().manual_seed(seed)
-        images = pipe(captions, num_inference_steps=p.train.sample_steps,
-                      guidance_scale=p.train.guidance_scale, generator=g, output_type="np",
-                      max_tokens=p.max_tokens).images
-        grid_image(images, nrow=len(captions)).save(folder / "samples.png")
-        (folder / "samples.txt").write_text("\n".join(captions) + "\n")
-    summary = {"model": "base", "train_views": len(table), "heldout_views": len(val),
-               "heldout": heldout, "training": training_record(result, folder)}
-    write_summary(folder, summary)
-    replace_folder(folder, out_dir)
-    return summary
+    return BaseTraining(p, renders_root, captions_path, out_dir, work_dir).run()

@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 
 from dreamline.config import DreamBoothParams
-from dreamline.training.common import (keeps_global_rng, training_record, file_digest, fresh_folder, load_base_pipeline, orbit_cameras,
-                                       pixel_resolution, replace_folder, run_key, write_summary)
 from dreamline.paths import confine
+from dreamline.training.common import file_digest, orbit_cameras, pixel_resolution
 from dreamline.training.data import TrainingDataError, view_file
-from dreamline.training.objectives import DenoiseBatch, training_loss
+from dreamline.training.objectives import DenoiseBatch
+from dreamline.training.template import FineTuning
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 
@@ -64,58 +64,71 @@ def preservation_l1(model: torch.nn.Module, theta0: list[torch.Tensor]) -> torch
     return sum((q - q0).abs().sum() for q, q0 in zip(params, theta0)) / total
 
 
-@keeps_global_rng
-def dreambooth(p: DreamBoothParams, renders_root: Path, captions_path: Path, out_dir: Path,
-               work_dir: Path) -> dict:
-    from diffusers import DDPMScheduler
+class DreamBoothTraining(FineTuning):
+    """dreambooth: the multi-view model on a few identity images (2D batches), with the L1
+    preservation term to its starting weights."""
 
-    from dreamline.models.codec import to_latent
-    from dreamline.models.grid import grid_image
-    from dreamline.models.text import encode_text
-    from dreamline.training.loop import Trainer, batch_indices
+    model_name = "dreambooth"
 
-    torch.manual_seed(p.train.seed)
-    pipe = load_base_pipeline(p.model)
-    folder = fresh_folder(out_dir)
-    identity_uid = None
-    if p.images is None:
-        images_dir, identity_uid = default_identity(renders_root, captions_path, folder / "identity")
-    else:
-        images_dir = Path(p.images)
-    images = load_identity_images(images_dir, pixel_resolution(pipe))
-    with torch.no_grad():
-        latents = to_latent(pipe.vae, images)
-    max_tokens = getattr(pipe.config, "max_tokens", None) or 16
-    states, mask = encode_text(pipe.text_encoder, pipe.tokenizer, [p.prompt], max_tokens)
-    unet = pipe.unet
-    theta0 = [q.detach().clone() for q in unet.parameters() if q.requires_grad]
-    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    bs, seed = p.train.batch_size, p.train.seed
+    def prepare(self) -> None:
+        from diffusers import DDPMScheduler
 
-    def make_batch(step: int) -> DenoiseBatch:
-        idx = batch_indices(seed, step, len(latents), bs)
-        return DenoiseBatch(latents[torch.as_tensor(idx)], states.expand(len(idx), -1, -1),
+        from dreamline.models.codec import to_latent
+        from dreamline.models.text import encode_text
+
+        p = self.p
+        self.pipe = pipe = self.load_start(p.model)
+        self.identity_uid = None
+        if p.images is None:   # written into the model folder, beside the weights
+            self.images_dir, self.identity_uid = default_identity(self.renders_root, self.captions_path,
+                                                                  self.folder / "identity")
+        else:
+            self.images_dir = Path(p.images)
+        self.images = load_identity_images(self.images_dir, pixel_resolution(pipe))
+        with torch.no_grad():
+            self.latents = to_latent(pipe.vae, self.images)
+        self.states, self.mask = encode_text(pipe.text_encoder, pipe.tokenizer, [p.prompt], self.max_tokens)
+        self.model = pipe.unet
+        self.theta0 = [q.detach().clone() for q in self.model.parameters() if q.requires_grad]
+        self.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+
+    def learns_from(self) -> tuple[str, ...]:
+        return file_digest(self.images_dir), file_digest(Path(self.p.model))
+
+    def make_batch(self, step: int) -> DenoiseBatch:
+        from dreamline.training.loop import batch_indices
+
+        idx = batch_indices(self.p.train.seed, step, len(self.latents), self.p.train.batch_size)
+        mask = self.mask
+        return DenoiseBatch(self.latents[torch.as_tensor(idx)], self.states.expand(len(idx), -1, -1),
                             None if mask is None else mask.expand(len(idx), -1), None, 1)
 
-    def loss_fn(model, batch, g):
-        return training_loss(model, scheduler, batch, g) + p.preservation_weight * preservation_l1(model, theta0)
+    def loss(self, model, batch, generator: torch.Generator) -> torch.Tensor:
+        return super().loss(model, batch, generator) + self.p.preservation_weight * preservation_l1(model, self.theta0)
 
-    key = run_key(p, file_digest(images_dir), file_digest(Path(p.model)))
-    trainer = Trainer(unet, p.train, work_dir, make_batch, loss_fn, samples_per_step=bs, run_key=key)
-    result = trainer.run()
-    trainer.ema.copy_to(unet.parameters())
-    unet.eval()
-    drift = float(preservation_l1(unet, theta0))
-    pipe.save_pretrained(folder)
-    if p.train.sample_captions:
-        g = torch.Generator().manual_seed(seed)
-        out = pipe([p.prompt + ", 3d asset"], cameras=orbit_cameras(4), generator=g,
-                   num_inference_steps=p.train.sample_steps, guidance_scale=p.train.guidance_scale,
-                   output_type="np").images
-        grid_image(np.concatenate([out, (images.permute(0, 2, 3, 1).numpy()[:4] + 1) / 2]), nrow=4).save(
-            folder / "samples.png")
-    summary = {"model": "dreambooth", "prompt": p.prompt, "identity_images": int(len(images)),
-               "identity_uid": identity_uid, "mean_abs_param_change": drift, "training": training_record(result, folder)}
-    write_summary(folder, summary)
-    replace_folder(folder, out_dir)
-    return summary
+    def evaluate(self) -> dict:
+        return {"mean_abs_param_change": float(preservation_l1(self.model, self.theta0))}
+
+    def output_pipeline(self):
+        return self.pipe   # its unet is the trained model
+
+    def write_samples(self, pipe, folder: Path) -> dict:
+        from dreamline.models.grid import grid_image
+
+        p = self.p
+        if p.train.sample_captions:
+            g = torch.Generator().manual_seed(p.train.seed)
+            out = pipe([p.prompt + ", 3d asset"], cameras=orbit_cameras(4), generator=g,
+                       num_inference_steps=p.train.sample_steps, guidance_scale=p.train.guidance_scale,
+                       output_type="np").images
+            grid_image(np.concatenate([out, (self.images.permute(0, 2, 3, 1).numpy()[:4] + 1) / 2]), nrow=4).save(
+                folder / "samples.png")
+        return {}
+
+    def describe(self) -> dict:
+        return {"prompt": self.p.prompt, "identity_images": int(len(self.images)), "identity_uid": self.identity_uid}
+
+
+def dreambooth(p: DreamBoothParams, renders_root: Path, captions_path: Path, out_dir: Path,
+               work_dir: Path) -> dict:
+    return DreamBoothTraining(p, renders_root, captions_path, out_dir, work_dir).run()

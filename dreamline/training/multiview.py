@@ -14,12 +14,10 @@ import numpy as np
 import torch
 
 from dreamline.config import TrainMVParams
-from dreamline.training.common import (keeps_global_rng, training_record, file_digest, fresh_folder, heldout_captions,
-                                       load_base_pipeline, orbit_cameras, pixel_resolution,
-                                       renders_digest, replace_folder, run_key, write_summary)
-from dreamline.training.data import TextBank, all_texts, choose_captions, load_views, view_sets
-from dreamline.training.objectives import (DenoiseBatch, comparison_table, paired_heldout_losses,
-                                           training_loss)
+from dreamline.training.common import file_digest, heldout_captions, orbit_cameras, pixel_resolution
+from dreamline.training.data import TextBank, all_texts, choose_captions, view_sets
+from dreamline.training.objectives import DenoiseBatch, comparison_table, paired_heldout_losses
+from dreamline.training.template import FineTuning
 
 WHITE = torch.ones(3)
 
@@ -68,66 +66,79 @@ def heldout_comparison(base_unet, mv_unet, pipe, val, bank, p: TrainMVParams, ma
     return table
 
 
-@keeps_global_rng
-def train_mv(p: TrainMVParams, renders_root: Path, captions_path: Path, out_dir: Path,
-             work_dir: Path, max_tokens: int = 16) -> dict:
-    from dreamline.models.grid import grid_image
-    from dreamline.models.unet import has_camera, is_multiview, to_multiview
-    from dreamline.training.loop import Trainer, batch_indices
+class MultiViewTraining(FineTuning):
+    """train_mv / train_mv_3d: the base UNet made multi-view (camera MLP, joint attention),
+    on view sets of the train split plus a share of plain 2D batches."""
 
-    torch.manual_seed(p.train.seed)
-    pipe = load_base_pipeline(p.base_model)
-    max_tokens = getattr(pipe.config, "max_tokens", None) or max_tokens
-    resolution = pixel_resolution(pipe)
-    train = load_views(renders_root, captions_path, resolution, splits=("train",))
-    val = load_views(renders_root, captions_path, resolution, splits=("val",))
-    sets = view_sets(train, p.num_views)
-    bank = _bank(pipe, train.rows, p.caption_suffix, max_tokens)
-    val_bank = _bank(pipe, val.rows, p.caption_suffix, max_tokens)
-    base_unet = copy.deepcopy(pipe.unet).eval().requires_grad_(False)
-    # An SD-layout folder arrives already converted (zero camera MLP, joint attention).
-    unet = pipe.unet if is_multiview(pipe.unet) and has_camera(pipe.unet) else to_multiview(pipe.unet)
-    from diffusers import DDPMScheduler
+    model_name = "mv"
 
-    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    bs, seed, F = p.train.batch_size, p.train.seed, p.num_views
+    def prepare(self) -> None:
+        from diffusers import DDPMScheduler
 
-    def make_batch(step: int) -> DenoiseBatch:
+        from dreamline.models.unet import has_camera, is_multiview, to_multiview
+
+        p = self.p
+        self.pipe = pipe = self.load_start(p.base_model)
+        resolution = pixel_resolution(pipe)
+        self.train = self.load_split("train", resolution)
+        self.val = self.load_split("val", resolution)
+        self.sets = view_sets(self.train, p.num_views)
+        self.bank = _bank(pipe, self.train.rows, p.caption_suffix, self.max_tokens)
+        self.val_bank = _bank(pipe, self.val.rows, p.caption_suffix, self.max_tokens)
+        self.base_unet = copy.deepcopy(pipe.unet).eval().requires_grad_(False)
+        # An SD-layout folder arrives already converted (zero camera MLP, joint attention).
+        self.model = pipe.unet if is_multiview(pipe.unet) and has_camera(pipe.unet) else to_multiview(pipe.unet)
+        self.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+
+    def learns_from(self) -> tuple[str, ...]:
+        return (*super().learns_from(), file_digest(Path(self.p.base_model)))
+
+    def samples_per_step(self) -> int:
+        return self.p.train.batch_size * self.p.num_views
+
+    def make_batch(self, step: int) -> DenoiseBatch:
+        from dreamline.training.loop import batch_indices
+
+        p, pipe, train = self.p, self.pipe, self.train
+        bs, seed, F = p.train.batch_size, p.train.seed, p.num_views
         rng = np.random.default_rng([seed, step, 11])
         if rng.random() < p.joint_2d_fraction:  # a 2D batch: single views, camera off
             idx = batch_indices(seed + 1, step, len(train), bs * F)
             texts = choose_captions(train.rows.iloc[idx], rng, p.original_text_prob, p.caption_dropout)
-            states, mask = bank.lookup(texts)
+            states, mask = self.bank.lookup(texts)
             return DenoiseBatch(_encode(pipe, train, idx), states, mask, None, 1)
-        chosen = sets[batch_indices(seed, step, len(sets), bs)]
+        chosen = self.sets[batch_indices(seed, step, len(self.sets), bs)]
         firsts = train.rows.iloc[chosen[:, 0]]
         texts = choose_captions(firsts, rng, p.original_text_prob, p.caption_dropout, p.caption_suffix)
-        return set_batch(pipe, train, chosen, texts, bank, F)
+        return set_batch(pipe, train, chosen, texts, self.bank, F)
 
-    key = run_key(p, renders_digest(renders_root), file_digest(captions_path),
-                  file_digest(Path(p.base_model)))
-    trainer = Trainer(unet, p.train, work_dir, make_batch,
-                      lambda model, batch, g: training_loss(model, scheduler, batch, g),
-                      samples_per_step=bs * F, run_key=key)
-    result = trainer.run()
-    trainer.ema.copy_to(unet.parameters())
-    unet.eval()
+    def evaluate(self) -> dict:
+        return {"heldout": heldout_comparison(self.base_unet, self.model, self.pipe, self.val, self.val_bank,
+                                              self.p, self.max_tokens)}
 
-    pipe.unet = unet
-    pipe.register_modules(unet=unet)
-    folder = fresh_folder(out_dir)
-    pipe.save_pretrained(folder)
-    heldout = heldout_comparison(base_unet, unet, pipe, val, val_bank, p, max_tokens)
-    captions = heldout_captions(val.rows, p.train.sample_captions)
-    if captions:
-        g = torch.Generator().manual_seed(seed)
-        images = pipe([c + p.caption_suffix for c in captions], cameras=orbit_cameras(F),
-                      num_inference_steps=p.train.sample_steps, guidance_scale=p.train.guidance_scale,
-                      generator=g, output_type="np").images
-        grid_image(images, nrow=F).save(folder / "samples.png")
-        (folder / "samples.txt").write_text("\n".join(captions) + "\n")
-    summary = {"model": "mv", "num_views": F, "train_sets": int(len(sets)),
-               "heldout": heldout, "training": training_record(result, folder)}
-    write_summary(folder, summary)
-    replace_folder(folder, out_dir)
-    return summary
+    def output_pipeline(self):
+        self.pipe.unet = self.model
+        self.pipe.register_modules(unet=self.model)
+        return self.pipe
+
+    def write_samples(self, pipe, folder: Path) -> dict:
+        from dreamline.models.grid import grid_image
+
+        p, F = self.p, self.p.num_views
+        captions = heldout_captions(self.val.rows, p.train.sample_captions)
+        if captions:
+            g = torch.Generator().manual_seed(p.train.seed)
+            images = pipe([c + p.caption_suffix for c in captions], cameras=orbit_cameras(F),
+                          num_inference_steps=p.train.sample_steps, guidance_scale=p.train.guidance_scale,
+                          generator=g, output_type="np").images
+            grid_image(images, nrow=F).save(folder / "samples.png")
+            (folder / "samples.txt").write_text("\n".join(captions) + "\n")
+        return {}
+
+    def describe(self) -> dict:
+        return {"num_views": self.p.num_views, "train_sets": int(len(self.sets))}
+
+
+def train_mv(p: TrainMVParams, renders_root: Path, captions_path: Path, out_dir: Path,
+             work_dir: Path, max_tokens: int = 16) -> dict:
+    return MultiViewTraining(p, renders_root, captions_path, out_dir, work_dir, max_tokens).run()
