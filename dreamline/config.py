@@ -468,6 +468,18 @@ class ExecutionParams(Strict):
     dask_address: Optional[str] = None
 
 
+class ComputeParams(Strict):
+    """Where torch work runs and at what precision (dreamline.device). `precision` changes the
+    numbers, so every torch stage lists it as a dependency; `device` and `processes` do not:
+    the same precision on another device or over more data-parallel processes agrees within
+    float tolerance, and moving a run to a GPU must not make DVC redo it."""
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$")   # auto: CUDA when present
+    # fp32, or autocast to bf16 / fp16 (models' weights stay fp32; frozen priors are cast).
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # Data-parallel training processes (Hugging Face accelerate), one per GPU; 1: no launcher.
+    processes: int = Field(1, ge=1, le=1024)
+
+
 class PathsParams(Strict):
     """Where path-valued params (model folders, dreambooth.images, init_points, ...) may
     point. Each is resolved against the project root (the stages' working directory) and
@@ -488,6 +500,7 @@ class PathsParams(Strict):
 
 class Params(Strict):
     execution: ExecutionParams = ExecutionParams()
+    compute: ComputeParams = ComputeParams()
     paths: PathsParams = PathsParams()
     mirror: MirrorParams = MirrorParams()
     curate: CurateParams = CurateParams()

@@ -50,6 +50,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Read by every stage (or by validation) but never change an output: not DVC params.
 NOT_DEPS = {"execution", "paths"}
+# Keys that never change an output (the device and the number of data-parallel processes
+# agree within float tolerance); compute.precision does, and is a dependency.
+NOT_DEP_KEYS = {("compute", "device"), ("compute", "processes")}
 # Keys of a section listed by sub-key that are run settings, not inputs: checkpoint and log
 # cadence and torch threads. distill_key leaves exactly these out (checked below).
 RUN_ONLY = {("distill", "checkpoint_every"), ("distill", "log_every"), ("distill", "threads")}
@@ -438,7 +441,7 @@ def _is_prefix(a: tuple, b: tuple) -> bool:
 
 def compare(reads: set[tuple[str, ...]], listed: set[tuple[str, ...]]) -> tuple[list[str], list[str]]:
     """(missing, superfluous) dotted keys."""
-    reads = {r for r in reads if r and r[0] not in NOT_DEPS}
+    reads = {r for r in reads if r and r[0] not in NOT_DEPS and r not in NOT_DEP_KEYS}
 
     def uncovered(chain: tuple[str, ...]) -> list[tuple[str, ...]]:
         if any(_is_prefix(entry, chain) for entry in listed) or chain in RUN_ONLY:
@@ -452,7 +455,8 @@ def compare(reads: set[tuple[str, ...]], listed: set[tuple[str, ...]]) -> tuple[
     missing = sorted({".".join(c) for r in reads for c in uncovered(r)})
     superfluous = []
     for entry in sorted(listed):
-        if not entry or entry[0] in NOT_DEPS or entry in RUN_ONLY or not key_exists(entry):
+        if not entry or entry[0] in NOT_DEPS or entry in NOT_DEP_KEYS or entry in RUN_ONLY \
+                or not key_exists(entry):
             superfluous.append(".".join(entry) or "<empty>")
         elif not any(_is_prefix(r, entry) for r in reads):
             # The code reads none of it, or only parts: list those parts instead.
