@@ -348,3 +348,63 @@ def test_only_safe_readers_open_the_file(tmp_path, base_folder):
     torch.save({"state_dict": {"betas": torch.ones(3)}, "global_step": 3, "epoch": 1}, ckpt)
     state, extras = L.read_checkpoint(ckpt)
     assert list(state) == ["betas"] and extras == ["epoch", "global_step"]
+
+
+# --- cameras: the converted model sees MVDream's camera input --------------------------
+
+def _mvdream_camera(azimuth_deg: float, elevation_deg: float) -> torch.Tensor:
+    """MVDream's camera input written from its recipe (camera_utils.get_camera, blender_coord
+    and normalize_camera): a look-at c2w on the unit sphere with up +y, the world flipped to
+    z-up, flattened row-major. Independent of dreamline's cameras code."""
+    import math
+
+    import numpy as np
+
+    az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
+    pos = np.array([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)])
+    forward = -pos / np.linalg.norm(pos)
+    right = np.cross(forward, [0.0, 1.0, 0.0])
+    right /= np.linalg.norm(right)
+    up = np.cross(right, forward)
+    c2w = np.eye(4)
+    c2w[:3, :3] = np.stack([right, up, -forward], axis=1)
+    c2w[:3, 3] = pos
+    flip = np.array([[1, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]], dtype=float)
+    return torch.tensor((flip @ c2w).reshape(-1), dtype=torch.float32)
+
+
+@pytest.mark.parametrize("azimuth, elevation, distance", [(0, 0, 2.0), (90, 15, 1.3), (225, 30, 3.7)])
+def test_mvdream_camera_input_matches_mvdreams_recipe(azimuth, elevation, distance):
+    from dreamline.models.camera_input import camera_input
+    from dreamline.rendering.cameras import orbit_c2w
+
+    ours = torch.tensor(orbit_c2w(azimuth, elevation, distance).reshape(-1), dtype=torch.float32)
+    assert torch.equal(camera_input(ours, "dreamline"), ours)
+    assert torch.allclose(camera_input(ours[None], "mvdream")[0], _mvdream_camera(azimuth, elevation), atol=1e-5)
+
+
+def test_converted_pipeline_feeds_mvdream_cameras_and_project_folders_do_not(converted, tmp_path):
+    from dreamline.guidance.prior import DiffusionPrior
+    from dreamline.training.common import load_base_pipeline
+
+    folder = converted[0]
+    pipe = load_base_pipeline(folder)
+    assert pipe.camera_convention == "mvdream"
+    assert json.loads((folder / "model_index.json").read_text())["camera_convention"] == "mvdream"
+    assert DiffusionPrior(pipe).camera_convention == "mvdream"
+    # The UNet receives the converted cameras: same output as a dreamline-convention
+    # pipeline fed MVDream's cameras by hand.
+    cams = orbit_cameras(4)
+    seen = []
+    handle = pipe.unet.class_embedding.register_forward_hook(lambda m, args, out: seen.append(args[0].clone()))
+    pipe.sample("a chair", cameras=cams, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
+    handle.remove()
+    from dreamline.models.camera_input import camera_input
+
+    assert torch.allclose(seen[0].float(), camera_input(cams, "mvdream").to(seen[0].device).float(), atol=1e-6)
+    # A project pipeline saved without the option records nothing.
+    plain = MultiViewDiffusionPipeline(unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder,
+                                       tokenizer=pipe.tokenizer, scheduler=pipe.scheduler)
+    plain.save_pretrained(tmp_path / "plain")
+    assert "camera_convention" not in json.loads((tmp_path / "plain" / "model_index.json").read_text())
+    assert load_base_pipeline(tmp_path / "plain").camera_convention == "dreamline"

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dreamline.models.camera_input import camera_input
 from dreamline.models.codec import to_latent
 from dreamline.models.sampling import classifier_free_guidance
 from dreamline.models.text import TextCache
@@ -36,6 +37,7 @@ class DiffusionPrior:
         self.num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
         self.prediction_type = pipe.scheduler.config.prediction_type
         self.uses_cameras = has_camera(self.unet)
+        self.camera_convention = pipe.config.get("camera_convention", "dreamline")
         self.multiview = is_multiview(self.unet)
         from dreamline.training.common import pixel_resolution
 
@@ -79,7 +81,7 @@ class DiffusionPrior:
         kwargs = {}
         if self.multiview:
             kwargs["cross_attention_kwargs"] = {"num_views": num_views}
-        labels = cameras if self.uses_cameras else None
+        labels = camera_input(cameras, self.camera_convention) if self.uses_cameras else None
         return self.unet(z_t, t, encoder_hidden_states=states, encoder_attention_mask=mask,
                          class_labels=labels, **kwargs).sample.float()
 

@@ -573,7 +573,7 @@ def build_pipeline(state: dict[str, torch.Tensor], base: BaseConfigs, num_views:
     text_encoder = load(CLIPTextModel(base.text), converted.text_encoder)
     pipe = MultiViewDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=base.tokenizer,
                                       scheduler=scheduler, max_tokens=base.tokenizer.model_max_length,
-                                      num_views=num_views)
+                                      num_views=num_views, camera_convention="mvdream")
     pipe.set_progress_bar_config(disable=True)
     return pipe, converted
 

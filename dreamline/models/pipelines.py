@@ -20,6 +20,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from dreamline.models.camera_input import camera_input, check_convention
 from dreamline.models.codec import PixelUnshuffleCodec, from_latent, spatial_factor
 # rescale_guidance is re-exported: it lived here before the sampler core.
 from dreamline.models.sampling import denoise, initial_latents, rescale_guidance, uses_guidance  # noqa: F401
@@ -79,11 +80,20 @@ class MultiViewDiffusionPipeline(DiffusionPipeline):
 
     def __init__(self, unet: UNet2DConditionModel, vae: PixelUnshuffleCodec | AutoencoderKL,
                  text_encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                 scheduler: SchedulerMixin, max_tokens: int = 16, num_views: int = 1):
+                 scheduler: SchedulerMixin, max_tokens: int = 16, num_views: int = 1,
+                 camera_convention: str = "dreamline"):
         super().__init__()
         self.register_modules(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                               scheduler=scheduler)
         self.register_to_config(max_tokens=max_tokens, num_views=num_views)
+        # Recorded only when it is not dreamline's own: the project's folders stay as they were.
+        if check_convention(camera_convention) != "dreamline":
+            self.register_to_config(camera_convention=camera_convention)
+
+    @property
+    def camera_convention(self) -> str:
+        """The camera input the UNet was trained on (dreamline.models.camera_input)."""
+        return self.config.get("camera_convention", "dreamline")
 
     def _text_states(self, prompts: list[str], negative: list[str], views: int, guidance: bool,
                      max_tokens: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -115,7 +125,8 @@ class MultiViewDiffusionPipeline(DiffusionPipeline):
         if cameras is not None:
             views = cameras.shape[1]
             if has_camera(self.unet):
-                class_labels = cameras.reshape(batch * views, -1).to(device, self.unet.dtype)
+                class_labels = camera_input(cameras.reshape(batch * views, -1), self.camera_convention
+                                            ).to(device, self.unet.dtype)
         attention_kwargs = None
         if is_multiview(self.unet):
             attention_kwargs = {"num_views": views if self.joint_views else 1}
