@@ -90,6 +90,12 @@ class GeometryParams(Strict):
 
 
 class CurateParams(Strict):
+    # mirror: the mirror stage's cache (data/mirror); objaverse: real Objaverse 1.0 through
+    # the objaverse package's default cache (~/.objaverse), downloading what it lacks.
+    source: Literal["mirror", "objaverse"] = "mirror"
+    # Only objects with an LVIS category (Objaverse-LVIS, ~46K objects: MVDream/SweetDreamer's
+    # curated subsets start from it).
+    lvis_only: bool = False
     metadata: MetadataFilterParams = MetadataFilterParams()
     geometry: GeometryParams = GeometryParams()
     shard_size: int = Field(32, ge=1, le=100_000)

@@ -19,8 +19,10 @@ def curate_flow(params: Params, mirror_root: Path | None = paths.MIRROR,
                 out_root: Path = paths.CURATED, source: str = "objaverse-mirror") -> dict:
     logger = get_run_logger()
     p = params.curate
+    if p.source == "objaverse":   # real Objaverse: the objaverse package's default cache
+        mirror_root, source = None, "objaverse"
     started = time.time()
-    table = curation.load_and_filter(mirror_root, p.metadata, p.load_workers)
+    table = curation.load_and_filter(mirror_root, p.metadata, p.load_workers, p.lvis_only)
     uids = table.column("uid").to_pylist()
     reasons = table.column("meta_reason").to_pylist()
     todo = [u for u, r in zip(uids, reasons) if r is None]

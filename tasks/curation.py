@@ -12,8 +12,9 @@ from dreamline.curation.metadata_filter import filter_metadata
 
 
 @task(name="load-and-filter-metadata", cache_policy=NO_CACHE)
-def load_and_filter(mirror_root: Path | None, p: MetadataFilterParams, workers: int) -> pa.Table:
-    return filter_metadata(curate.load_candidates(mirror_root, workers), p)
+def load_and_filter(mirror_root: Path | None, p: MetadataFilterParams, workers: int,
+                    lvis_only: bool = False) -> pa.Table:
+    return filter_metadata(curate.load_candidates(mirror_root, workers, lvis_only), p)
 
 
 @task(name="curate-shard", cache_policy=NO_CACHE)

@@ -29,17 +29,22 @@ def _load_annotation_group(cache: ObjaverseCache, groups: list[tuple[str, list[s
 PARALLEL_LOAD_MIN = 20_000
 
 
-def load_candidates(mirror_root: str | Path | ObjaverseCache | None, workers: int = 1) -> pa.Table:
+def load_candidates(mirror_root: str | Path | ObjaverseCache | None, workers: int = 1,
+                    lvis_only: bool = False) -> pa.Table:
     """All uids with their annotations (columnar), LVIS category and `path_problem` (why
     the object's object-paths entry may not be followed; null for the others).
 
     `mirror_root`: a mirror in the objaverse cache layout, None for real Objaverse (the
     package's default cache, downloading what is missing), or an ObjaverseCache.
     Annotations are read one metadata shard at a time (so memory holds one shard of
-    dicts), in `workers` processes when there are many.
+    dicts), in `workers` processes when there are many. `lvis_only`: only uids with an LVIS
+    category (nothing else is read or downloaded).
     """
     cache = mirror_root if isinstance(mirror_root, ObjaverseCache) else ObjaverseCache(mirror_root)
     uids = cache.uids()
+    lvis = cache.lvis_categories()
+    if lvis_only:
+        uids = [u for u in uids if u in lvis]
     # Entries whose path leads out of the cache get no annotation read and no geometry
     # work: they become `unsafe_path` rejects (metadata_filter.filter_metadata).
     by_shard, unsafe = cache.check_object_paths(uids)
@@ -59,7 +64,6 @@ def load_candidates(mirror_root: str | Path | ObjaverseCache | None, workers: in
     if missing:  # listed in object-paths but without an annotation record
         stub = pa.table({"uid": missing}).cast(pa.schema([("uid", pa.string())]))
         table = pa.concat_tables([table, stub], promote_options="default")
-    lvis = cache.lvis_categories()
     table_uids = table.column("uid").to_pylist()
     table = table.append_column("lvis_category", pa.array([lvis.get(u) for u in table_uids], pa.string()))
     return table.append_column(PATH_PROBLEM, pa.array([unsafe.get(u) for u in table_uids], pa.string()))

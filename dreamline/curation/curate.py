@@ -213,7 +213,7 @@ def _typed(df: pd.DataFrame) -> pa.Table:
 def run_curation(mirror_root, p: CurateParams, out_root, source: str = "objaverse-mirror") -> dict:
     """Library entry point without an orchestrator (notebooks, tests of the pure path)."""
     started = time.time()
-    table = filter_metadata(load_candidates(mirror_root, p.load_workers), p.metadata)
+    table = filter_metadata(load_candidates(mirror_root, p.load_workers, p.lvis_only), p.metadata)
     todo = [u for u, r in zip(table.column("uid").to_pylist(), table.column("meta_reason").to_pylist()) if r is None]
     rows = curate_shard(todo, mirror_root, p.geometry, out_root)
     return assemble(table, rows, source, out_root, started)
