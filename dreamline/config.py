@@ -210,6 +210,15 @@ class TrainingParams(Strict):
     sample_captions: int = Field(4, ge=0, le=64)
     sample_steps: int = Field(50, ge=1, le=1000)  # DDIM
     guidance_scale: float = Field(1.0, ge=0.0, le=50.0)
+    # Micro-batches per optimiser step: the step's batch (batch_size, the global batch over
+    # all compute.processes) is computed in this many parts whose gradients add up; less
+    # memory, same batch (results agree within float tolerance). batch_size must split into
+    # grad_accumulation equal parts on each process (a stage trains on as many of
+    # compute.processes as that allows).
+    grad_accumulation: int = Field(1, ge=1, le=4096)
+    # Recompute activations in the backward pass (diffusers' enable_gradient_checkpointing,
+    # on the UNets that support it): less memory, more compute, the same numbers.
+    gradient_checkpointing: bool = False
 
 
 class TrainBaseParams(Strict):

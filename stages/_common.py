@@ -81,6 +81,15 @@ def run_stage(name: str, flow_ref: str, before=None, options: dict | None = None
     print(f"stage {name}: {summary}")
 
 
+def use_compute(params) -> None:
+    """A training stage's `before=`: params `compute:` exported for its training code, which
+    reads it back (dreamline.training.loop.Compute.from_env) in this process, in a Dask
+    worker or in the data-parallel ranks it launches: they all inherit the environment."""
+    os.environ.update({"DREAMLINE_COMPUTE_DEVICE": params.compute.device,
+                       "DREAMLINE_COMPUTE_PRECISION": params.compute.precision,
+                       "DREAMLINE_COMPUTE_PROCESSES": str(params.compute.processes)})
+
+
 def require_model(path: str, key: str) -> None:
     """Stop before any work when a model folder a stage starts from is missing, or holds its
     weights only in pickle formats (which can run code when loaded)."""

@@ -27,7 +27,8 @@ from dreamline.training.data import choose_captions, view_sets
 # The multi-view stage's helpers: views over white through the codec, and the text bank.
 from dreamline.training.multiview import _bank, _encode
 from dreamline.training.objectives import (DenoiseBatch, comparison_table, denoise_loss, draw_noise,
-                                           paired_heldout_losses)
+                                           own_rows, paired_heldout_losses)
+from dreamline.training.loop import WHOLE, Part
 from dreamline.training.template import FineTuning
 from dreamline.texturing.correspondence import Correspondences, correspondences, depth_at
 
@@ -73,16 +74,17 @@ class DepthTraining(FineTuning):
     def learns_from(self) -> tuple[str, ...]:
         return (*super().learns_from(), file_digest(Path(self.p.base_model)))
 
-    def make_batch(self, step: int) -> DenoiseBatch:
+    def make_batch(self, step: int, part: Part = WHOLE) -> DenoiseBatch:
         from dreamline.training.loop import batch_indices
 
         p, seed, train = self.p, self.p.train.seed, self.train
         idx = batch_indices(seed, step, len(train), p.train.batch_size)
         rng = np.random.default_rng([seed, step, 17])
-        states, mask = self.bank.lookup(choose_captions(train.rows.iloc[idx], rng, p.original_text_prob,
-                                                        p.caption_dropout))
+        texts = choose_captions(train.rows.iloc[idx], rng, p.original_text_prob, p.caption_dropout)
+        span, idx, texts = part.span(len(idx)), part.take(idx), part.take(texts)
+        states, mask = self.bank.lookup(texts)
         return DenoiseBatch(_encode(self.base, train, idx), states, mask, None,
-                            cond=self.train_depths[torch.as_tensor(idx)])
+                            cond=self.train_depths[torch.as_tensor(idx)], part=span)
 
     def evaluate(self) -> dict:
         val, val_depths, seed = self.val, self.val_depths, self.p.train.seed
@@ -114,8 +116,8 @@ class DepthTraining(FineTuning):
 
 
 def train_depth(p: TrainDepthParams, renders_root: Path, captions_path: Path, out_dir: Path, work_dir: Path,
-                max_tokens: int = 16) -> dict:
-    return DepthTraining(p, renders_root, captions_path, out_dir, work_dir, max_tokens).run()
+                max_tokens: int = 16, compute=None) -> dict:
+    return DepthTraining(p, renders_root, captions_path, out_dir, work_dir, max_tokens, compute=compute).run()
 
 
 def caa_noise(batch: DenoiseBatch, num_train_timesteps: int, min_timestep: int, independent: float,
@@ -123,12 +125,13 @@ def caa_noise(batch: DenoiseBatch, num_train_timesteps: int, min_timestep: int, 
     """Noise and timesteps for a CAA batch: t in [min_timestep, T), shared by a set's views
     (MVDiffusion), except in a share `independent` of the sets, where each view draws its own."""
     n = batch.num_views
-    noise, t = draw_noise(batch, num_train_timesteps, generator, (min_timestep, num_train_timesteps))
+    # Drawn for the step's whole batch; a part (rank, micro-batch) keeps its own rows.
+    noise, t = draw_noise(batch, num_train_timesteps, generator, (min_timestep, num_train_timesteps), whole=True)
     if independent > 0:
         own = torch.randint(min_timestep, num_train_timesteps, t.shape, generator=generator)
         mixed = (torch.rand(len(t) // n, generator=generator) < independent).repeat_interleave(n)
         t = torch.where(mixed, own, t)
-    return noise, t
+    return own_rows(batch, noise), own_rows(batch, t)
 
 
 def set_geometry(renders_root: Path, table, sets: np.ndarray, res: int, sizes, depth_tol: float):
@@ -191,7 +194,7 @@ class CAATraining(FineTuning):
     def samples_per_step(self) -> int:
         return self.p.train.batch_size * self.p.num_views
 
-    def make_batch(self, step: int) -> DenoiseBatch:
+    def make_batch(self, step: int, part: Part = WHOLE) -> DenoiseBatch:
         from dreamline.training.loop import batch_indices
 
         p, seed, n, caa = self.p, self.p.train.seed, self.p.num_views, self.model
@@ -199,11 +202,16 @@ class CAATraining(FineTuning):
         chosen = batch_indices(seed, step, len(train_sets), p.train.batch_size)
         rng = np.random.default_rng([seed, step, 19])
         texts = choose_captions(train.rows.iloc[train_sets[chosen, 0]], rng, p.original_text_prob, p.caption_dropout)
+        span, chosen, texts = part.span(len(chosen)), part.take(chosen), part.take(texts)
         states, mask = self.bank.lookup([t for t in texts for _ in range(n)])
         idx = train_sets[chosen].reshape(-1)
         geo = batch_geometry(self.train_geo, chosen)
         return DenoiseBatch(_encode(self.pipe, train, idx), states, mask, None, n,
-                            cond=self.train_cond[torch.as_tensor(idx)], scope=lambda: caa.correspondences(geo, n))
+                            cond=self.train_cond[torch.as_tensor(idx)], scope=lambda: caa.correspondences(geo, n),
+                            part=span)
+
+    def loss_modules(self) -> list:
+        return [self.unet]   # the loss runs the CAA blocks inside it
 
     def loss(self, model, batch, generator: torch.Generator) -> torch.Tensor:
         # The CAA blocks run inside the frozen UNet, through the hooks attach() set.
@@ -271,5 +279,6 @@ class CAATraining(FineTuning):
         return {"num_views": self.p.num_views, "train_sets": int(len(self.train_sets))}
 
 
-def train_caa(p: TrainCAAParams, renders_root: Path, captions_path: Path, out_dir: Path, work_dir: Path) -> dict:
-    return CAATraining(p, renders_root, captions_path, out_dir, work_dir).run()
+def train_caa(p: TrainCAAParams, renders_root: Path, captions_path: Path, out_dir: Path, work_dir: Path,
+              compute=None) -> dict:
+    return CAATraining(p, renders_root, captions_path, out_dir, work_dir, compute=compute).run()

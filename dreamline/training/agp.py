@@ -17,6 +17,7 @@ import torch
 from dreamline.config import TrainAGPParams
 from dreamline.training.common import file_digest, pixel_resolution
 from dreamline.training.data import TextBank, all_texts, choose_captions
+from dreamline.training.loop import WHOLE, Part
 from dreamline.training.objectives import DenoiseBatch, comparison_table, paired_heldout_losses
 from dreamline.training.template import FineTuning, TrainingRun
 
@@ -78,14 +79,17 @@ class AGPTraining(FineTuning):
     def learns_from(self) -> tuple[str, ...]:
         return (*super().learns_from(), file_digest(Path(self.p.base_model)))
 
-    def make_batch(self, step: int, cameras: bool = True) -> DenoiseBatch:
+    def make_batch(self, step: int, part: Part = WHOLE, cameras: bool = True) -> DenoiseBatch:
         from dreamline.training.loop import batch_indices
 
         p, seed = self.p, self.p.train.seed
         idx = batch_indices(seed, step, len(self.train), p.train.batch_size)
         rng = np.random.default_rng([seed, step, 13])
         texts = choose_captions(self.train.rows.iloc[idx], rng, p.original_text_prob, p.caption_dropout)
-        return _batch(self.base, self.train, idx, texts, self.bank, cameras)
+        span, idx, texts = part.span(len(idx)), part.take(idx), part.take(texts)
+        batch = _batch(self.base, self.train, idx, texts, self.bank, cameras)
+        batch.part = span
+        return batch
 
     def training_runs(self):
         yield TrainingRun(self.model, self.make_batch, self.loss, self.samples_per_step(), work="agp")
@@ -148,5 +152,5 @@ class AGPTraining(FineTuning):
 
 
 def train_agp(p: TrainAGPParams, renders_root: Path, captions_path: Path, out_dir: Path,
-              work_dir: Path, max_tokens: int = 16) -> dict:
-    return AGPTraining(p, renders_root, captions_path, out_dir, work_dir, max_tokens).run()
+              work_dir: Path, max_tokens: int = 16, compute=None) -> dict:
+    return AGPTraining(p, renders_root, captions_path, out_dir, work_dir, max_tokens, compute=compute).run()

@@ -15,6 +15,7 @@ import torch
 from dreamline.config import TrainBaseParams
 from dreamline.training.common import heldout_captions, sampling_scheduler, training_scheduler
 from dreamline.training.data import TextBank, all_texts, choose_captions
+from dreamline.training.loop import WHOLE, Part
 from dreamline.training.objectives import DenoiseBatch, comparison_table, paired_heldout_losses
 from dreamline.training.template import FineTuning
 
@@ -85,14 +86,17 @@ class BaseTraining(FineTuning):
                               extra=all_texts(self.val.rows))
         self.scheduler = training_scheduler(p.diffusion)
 
-    def make_batch(self, step: int) -> DenoiseBatch:
+    def make_batch(self, step: int, part: Part = WHOLE) -> DenoiseBatch:
         from dreamline.training.loop import batch_indices
 
         p, seed = self.p, self.p.train.seed
         idx = batch_indices(seed, step, len(self.table), p.train.batch_size)
         rng = np.random.default_rng([seed, step, 7])
         texts = choose_captions(self.table.rows.iloc[idx], rng, p.original_text_prob, p.caption_dropout)
-        return _single_view_batch(self.table, idx, texts, self.bank, self.codec)
+        span, idx, texts = part.span(len(idx)), part.take(idx), part.take(texts)
+        batch = _single_view_batch(self.table, idx, texts, self.bank, self.codec)
+        batch.part = span
+        return batch
 
     def evaluate(self) -> dict:
         return {"heldout": caption_losses(self.model, self.scheduler, self.val, self.bank, self.codec, self.p)}
@@ -122,5 +126,6 @@ class BaseTraining(FineTuning):
 
 
 def train_base(p: TrainBaseParams, renders_root: Path, captions_path: Path, out_dir: Path,
-               work_dir: Path) -> dict:
-    return BaseTraining(p, renders_root, captions_path, out_dir, work_dir).run()
+               work_dir: Path, compute=None) -> dict:
+    """`compute`: a dreamline.training.loop.Compute; None: what the entry point exported."""
+    return BaseTraining(p, renders_root, captions_path, out_dir, work_dir, compute=compute).run()

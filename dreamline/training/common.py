@@ -63,9 +63,13 @@ def renders_digest(renders_root: str | Path) -> str:
     return file_digest(root / "index.parquet", *sorted((root / "objects").glob("*/done.json")))
 
 
+# Training settings that change memory, not numbers: a checkpoint resumes across them.
+NOT_IN_RUN_KEY = {"train": {"gradient_checkpointing"}}
+
+
 def run_key(params: Any, *digests: str) -> str:
     """Identifies a training run: its parameters and digests of what it learns from."""
-    blob = json.dumps(params.model_dump(mode="json"), sort_keys=True) + "".join(digests)
+    blob = json.dumps(params.model_dump(mode="json", exclude=NOT_IN_RUN_KEY), sort_keys=True) + "".join(digests)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -178,8 +182,10 @@ def training_record(result, folder: Path, name: str = LIVE_DIR) -> dict:
     """The loop's result as JSON-ready numbers; its loss curve logged through DVCLive into
     folder/<name> (`dvclive`, or e.g. `dvclive_ablation` for a second run of a stage).
     Only what the weights determine goes into the summary and the DVCLive files; wall time,
-    throughput and the step a resumed run started from go to the folder's untracked
-    run.json (section `training`, or `training_ablation` for `dvclive_ablation`)."""
+    throughput, the step a resumed run started from and what computed it (device, its name,
+    precision, processes: results agree across them within float tolerance) go to the
+    folder's untracked run.json (section `training`, or `training_ablation` for
+    `dvclive_ablation`)."""
     from dreamline.runinfo import record_run
 
     if result.curve and Path(result.curve).exists():
@@ -187,6 +193,9 @@ def training_record(result, folder: Path, name: str = LIVE_DIR) -> dict:
         if rows:
             write_dvclive(rows, folder / name)
     section = "training" + name[len(LIVE_DIR):] if name.startswith(LIVE_DIR) else name
-    record_run(folder, section, {"seconds": round(result.seconds, 2), "samples_per_s": result.samples_per_s,
-                                 "resumed_from": result.resumed_from})
+    info = {"seconds": round(result.seconds, 2), "samples_per_s": result.samples_per_s,
+            "resumed_from": result.resumed_from}
+    if getattr(result, "compute", None):
+        info["compute"] = result.compute
+    record_run(folder, section, info)
     return {"steps": result.step, "final_loss": result.loss}

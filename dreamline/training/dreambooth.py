@@ -18,6 +18,7 @@ from dreamline.config import DreamBoothParams
 from dreamline.paths import confine
 from dreamline.training.common import file_digest, orbit_cameras, pixel_resolution
 from dreamline.training.data import TrainingDataError, view_file
+from dreamline.training.loop import WHOLE, Part
 from dreamline.training.objectives import DenoiseBatch
 from dreamline.training.template import FineTuning
 
@@ -58,10 +59,28 @@ def default_identity(renders_root: Path, captions_path: Path, dest: Path) -> tup
     return dest, test[0]
 
 
-def preservation_l1(model: torch.nn.Module, theta0: list[torch.Tensor]) -> torch.Tensor:
+def preservation_l1(model: torch.nn.Module, theta0) -> torch.Tensor:
     params = [q for q in model.parameters() if q.requires_grad]
     total = sum(q.numel() for q in params)
     return sum((q - q0).abs().sum() for q, q0 in zip(params, theta0)) / total
+
+
+class Reference(torch.nn.Module):
+    """Starting weights as buffers: a module, so they move to the training device with the
+    model (Trainer's loss_modules); iterates as the tensors in order."""
+
+    def __init__(self, tensors):
+        super().__init__()
+        self.count = 0
+        for t in tensors:
+            self.register_buffer(f"t{self.count}", t, persistent=False)
+            self.count += 1
+
+    def __iter__(self):
+        return (getattr(self, f"t{i}") for i in range(self.count))
+
+    def __len__(self) -> int:
+        return self.count
 
 
 class DreamBoothTraining(FineTuning):
@@ -89,19 +108,23 @@ class DreamBoothTraining(FineTuning):
             self.latents = to_latent(pipe.vae, self.images)
         self.states, self.mask = encode_text(pipe.text_encoder, pipe.tokenizer, [p.prompt], self.max_tokens)
         self.model = pipe.unet
-        self.theta0 = [q.detach().clone() for q in self.model.parameters() if q.requires_grad]
+        self.theta0 = Reference(q.detach().clone() for q in self.model.parameters() if q.requires_grad)
         self.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
 
     def learns_from(self) -> tuple[str, ...]:
         return file_digest(self.images_dir), file_digest(Path(self.p.model))
 
-    def make_batch(self, step: int) -> DenoiseBatch:
+    def loss_modules(self) -> list:
+        return [self.theta0]
+
+    def make_batch(self, step: int, part: Part = WHOLE) -> DenoiseBatch:
         from dreamline.training.loop import batch_indices
 
         idx = batch_indices(self.p.train.seed, step, len(self.latents), self.p.train.batch_size)
+        span, idx = part.span(len(idx)), part.take(idx)
         mask = self.mask
         return DenoiseBatch(self.latents[torch.as_tensor(idx)], self.states.expand(len(idx), -1, -1),
-                            None if mask is None else mask.expand(len(idx), -1), None, 1)
+                            None if mask is None else mask.expand(len(idx), -1), None, 1, part=span)
 
     def loss(self, model, batch, generator: torch.Generator) -> torch.Tensor:
         return super().loss(model, batch, generator) + self.p.preservation_weight * preservation_l1(model, self.theta0)
@@ -130,5 +153,5 @@ class DreamBoothTraining(FineTuning):
 
 
 def dreambooth(p: DreamBoothParams, renders_root: Path, captions_path: Path, out_dir: Path,
-               work_dir: Path) -> dict:
-    return DreamBoothTraining(p, renders_root, captions_path, out_dir, work_dir).run()
+               work_dir: Path, compute=None) -> dict:
+    return DreamBoothTraining(p, renders_root, captions_path, out_dir, work_dir, compute=compute).run()

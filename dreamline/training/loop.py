@@ -14,6 +14,23 @@ from one step to the next. The caller supplies
 Then restoring model, optimizer, LR scheduler, EMA and step from a checkpoint makes the rest
 of a run identical to an unbroken run of the same seed (on CPU, with the same thread count).
 
+Scale (Hugging Face accelerate; :class:`Compute`, params ``compute:``): model, optimizer and
+LR scheduler are prepared by an ``accelerate.Accelerator`` on ``compute.device`` with
+``compute.precision`` autocast. A step's batch (``batch_size``) is one global batch: over N
+data-parallel processes and ``grad_accumulation`` micro-batches it is cut into
+P = N x grad_accumulation equal parts, rank r computing parts r*k .. r*k+k-1. With P > 1 the
+loop calls ``make_batch(step, part)`` (a :class:`Part`): the part is a slice of the global
+batch's indices (the same ``batch_indices(seed, step, ...)`` on every rank), and ``loss_fn``
+draws its noise and timesteps for the whole global batch from the (seed, step) generator
+and keeps its part's slice (``dreamline.training.objectives.draw_noise``), so the parts
+together see exactly the samples and noise of the single-process step. Gradients are
+averaged over ranks (DDP) and micro-batches, i.e. the gradient of the global batch's mean
+loss: N processes follow the single-process loss curve and weights within float tolerance
+(summation order differs). The logged loss is the mean over all parts, gathered, so every
+rank logs, and averages into its EMA, the same numbers. Rank 0 alone writes checkpoints and
+curve.csv; every rank resumes from the same checkpoint. One process, fp32, one part is the
+single-process loop as it always was, bit for bit.
+
 Files under ``out_dir``:
 
 * ``checkpoints/step-<N>.safetensors`` (the latest two; dreamline.tensorfile, no pickle) and
@@ -26,12 +43,18 @@ Files under ``out_dir``:
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import functools
 import hashlib
 import json
 import logging
 import math
+import os
 import re
+import socket
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +82,9 @@ _LEGACY_CKPT_RE = re.compile(r"^step-(\d+)\.pt$")   # torch.save pickles: never 
 # TrainingParams fields that cannot change the weights at a given step, so a run whose
 # params differ only in these may resume: with warmup-then-constant LR the trajectory does
 # not depend on the total step count, so raising `steps` continues a finished run.
+# gradient_checkpointing recomputes the same activations: memory, not numbers.
 _NOT_IN_RUN_KEY = frozenset({"steps", "checkpoint_every", "sample_captions", "sample_steps",
-                             "guidance_scale"})
+                             "guidance_scale", "gradient_checkpointing"})
 
 
 def _u64(x: int) -> int:
@@ -234,15 +258,284 @@ class EMA:
         self.num_updates = int(state["num_updates"])
 
 
+# -- compute: device, precision, processes -------------------------------------------------
+
+# How a stage's entry point hands params `compute:` to the training code it runs (in its own
+# process, a Dask worker it starts, or the ranks it launches): the environment, which all of
+# them inherit, as `accelerate launch` hands its settings to the processes it starts.
+COMPUTE_ENV = {"device": "DREAMLINE_COMPUTE_DEVICE", "precision": "DREAMLINE_COMPUTE_PRECISION",
+               "processes": "DREAMLINE_COMPUTE_PROCESSES"}
+_MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where a training run computes (params ``compute:``): ``device`` auto | cpu | cuda |
+    cuda:N, ``precision`` fp32 | bf16 | fp16 (autocast; weights and optimiser state stay
+    fp32), ``processes`` data-parallel processes (one per GPU; 1 = no launcher). A stage
+    (dreamline.training.template) launches that many ranks; a Trainer trains as one rank of
+    the group its process belongs to (:func:`launch`, ``accelerate launch``, torchrun)."""
+    device: str = "auto"
+    precision: str = "fp32"
+    processes: int = 1
+
+    @classmethod
+    def from_env(cls) -> "Compute":
+        """What the entry point exported (stages._common.use_compute); the params defaults
+        where it exported nothing."""
+        default = cls()
+        return cls(device=os.environ.get(COMPUTE_ENV["device"], default.device),
+                   precision=os.environ.get(COMPUTE_ENV["precision"], default.precision),
+                   processes=int(os.environ.get(COMPUTE_ENV["processes"], default.processes)))
+
+    def torch_device(self) -> torch.device:
+        """The device, checked against this machine and the precision (DeviceError if not)."""
+        from dreamline.device import check_precision, resolve_device
+
+        device = resolve_device(self.device)
+        check_precision(device, self.precision)
+        return device
+
+
+def launched_rank() -> tuple[int, int] | None:
+    """(rank, world size) when this process is one of several data-parallel ranks (started by
+    :func:`launch`, ``accelerate launch`` or torchrun), else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and "RANK" in os.environ:
+        return int(os.environ["RANK"]), world
+    return None
+
+
+def _accelerator(compute: Compute, grad_accumulation: int):
+    """An Accelerator for `compute`. accelerate keeps its state per process (a singleton):
+    a single process may train on another device or precision than its previous run, so
+    that state is reset then; a launched rank keeps its process group."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
+
+    device = compute.torch_device()
+    cpu = device.type == "cpu"
+    mixed = _MIXED_PRECISION[compute.precision]
+    if launched_rank() is None:
+        if PartialState._shared_state and PartialState._shared_state.get("_cpu") != cpu:
+            AcceleratorState._reset_state(reset_partial_state=True)
+        if not cpu and device.index is not None:
+            torch.cuda.set_device(device)
+    elif compute.device not in ("auto", "cpu", "cuda") and not cpu:
+        raise ValueError(f"compute.device {compute.device!r}: with several processes each rank takes "
+                         f"its own GPU (cuda:<local rank>); use auto or cuda")
+    if AcceleratorState._shared_state and AcceleratorState._shared_state.get("_mixed_precision") != mixed:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    threads = torch.get_num_threads()
+    accelerator = Accelerator(
+        cpu=cpu, mixed_precision=mixed, gradient_accumulation_steps=grad_accumulation,
+        # The batch a step names is the global batch, split over the ranks: the LR schedule
+        # steps once per optimiser step, whatever the number of processes.
+        dataloader_config=DataLoaderConfiguration(split_batches=True), step_scheduler_with_optimizer=True,
+        # Parameters a step does not use (the camera MLP in a 2D batch) stay without a
+        # gradient on every rank, as in one process.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    # accelerate sets its own thread count in a multi-CPU rank; the stage's is a parameter.
+    torch.set_num_threads(threads)
+    return accelerator
+
+
+@dataclass(frozen=True)
+class Part:
+    """Part ``index`` of ``count`` equal, contiguous parts of a step's global batch: what one
+    rank computes in one micro-batch. ``count`` 1 is the whole batch."""
+    index: int = 0
+    count: int = 1
+
+    def span(self, units: int) -> tuple[int, int, int] | None:
+        """(first, end, units): this part's units of a global batch of `units` (objects, view
+        sets, samples); None for the whole batch."""
+        if self.count == 1:
+            return None
+        if units % self.count:
+            raise ValueError(f"a batch of {units} does not split into {self.count} equal parts "
+                             f"(compute.processes x train.grad_accumulation); choose a batch_size "
+                             f"that {self.count} divides")
+        size = units // self.count
+        return self.index * size, (self.index + 1) * size, units
+
+    def take(self, seq):
+        """This part's slice of a sequence that holds the global batch, one item per unit."""
+        span = self.span(len(seq))
+        return seq if span is None else seq[span[0]:span[1]]
+
+
+WHOLE = Part()
+
+
+def usable_processes(batch_units: int, grad_accumulation: int, processes: int) -> int:
+    """The most processes, up to `processes`, over which a step's batch of `batch_units`
+    splits into equal parts of `grad_accumulation` micro-batches each (DreamBooth's batch of
+    4 images on 8 GPUs: 4). Where grad_accumulation does not divide the batch, `processes`
+    (the first step then says why it cannot split)."""
+    if batch_units % grad_accumulation:
+        return processes
+    per_micro = batch_units // grad_accumulation
+    return max(d for d in range(1, processes + 1) if per_micro % d == 0)
+
+
+def _part_seed(global_seed: int, part: Part) -> int:
+    # The global RNG of one part of a step (dropout): its own stream per part.
+    state = np.random.SeedSequence([global_seed, part.index, part.count, _STEP_SEED_TAG]).generate_state(
+        1, dtype=np.uint64)
+    return int(state[0]) >> 1
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    """Tensors of a batch (tensors, dataclasses, tuples, lists, dicts) moved to `device`."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: _to_device(getattr(obj, f.name), device)
+                                           for f in dataclasses.fields(obj) if f.init})
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _place(module: nn.Module, device: torch.device) -> None:
+    """`module`'s parameters and buffers moved to `device` in place (what ``module.to`` does,
+    without calling ``_apply``, which some modules here define for something else: CAAModel)."""
+    with torch.no_grad():
+        for sub in module.modules():
+            for param in sub._parameters.values():
+                if param is not None and param.device != device:
+                    param.data = param.data.to(device)
+            for name, buf in sub._buffers.items():
+                if buf is not None and buf.device != device:
+                    sub._buffers[name] = buf.to(device)
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+class _Objective(nn.Module):
+    """The trained model and its loss as one module, which accelerate prepares: DDP then
+    sees every use of the parameters, also where a loss runs them through a frozen model's
+    hooks (CAA) or reads them directly (DreamBooth's preservation term), and mixed precision
+    autocasts the whole loss."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable):
+        super().__init__()
+        self.model = model
+        object.__setattr__(self, "loss_fn", loss_fn)   # never a submodule
+
+    def forward(self, batch: Any, generator: torch.Generator) -> torch.Tensor:
+        return self.loss_fn(self.model, batch, generator)
+
+
+def _checkpointing(modules: Iterable[nn.Module], enable: bool) -> int:
+    """Switch diffusers' gradient checkpointing on the models among `modules` that support
+    it (UNets); returns how many."""
+    count = 0
+    for module in modules:
+        for sub in module.modules():
+            supports = getattr(sub, "_supports_gradient_checkpointing", False)
+            if supports and hasattr(sub, "enable_gradient_checkpointing"):
+                if enable:
+                    sub.enable_gradient_checkpointing()
+                else:
+                    sub.disable_gradient_checkpointing()
+                count += 1
+                break   # it switches its own submodules
+    return count
+
+
+# -- launching ranks ---------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _watch_parent(parent: int) -> None:
+    # A rank whose launcher is gone (killed) would wait in a collective until its timeout.
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="dreamline-parent-watch", daemon=True).start()
+
+
+def _rank_main(index: int, fn: Callable, args: tuple, world: int, port: int, cuda: bool, threads: int,
+               results, parent: int, log_level: int | None) -> None:
+    if log_level is not None:   # the launcher logs: so does each rank, named
+        logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s [rank {index}] %(message)s")
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(index),
+                       "LOCAL_RANK": str(index), "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world),
+                       "OMP_NUM_THREADS": str(threads)})
+    if not cuda and sys.platform.startswith("linux"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")   # one machine: loopback, as accelerate's own launcher
+    torch.set_num_threads(threads)
+    _watch_parent(parent)
+    if cuda:
+        torch.cuda.set_device(index)
+    result = fn(*args)
+    if index == 0:
+        results.put(result)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def launch(fn: Callable, args: tuple = (), *, processes: int, device: str = "auto",
+           threads: int | None = None) -> Any:
+    """Run ``fn(*args)`` in `processes` fresh (spawned) processes on this machine, ranks
+    0..N-1 of one data-parallel group (gloo on the CPU, NCCL on GPUs: rank r on cuda:r), and
+    return rank 0's result. Each rank runs `threads` torch threads (default: this process's).
+    A rank that fails or is killed stops the others and raises here; a rank whose launcher
+    dies exits."""
+    import torch.multiprocessing as mp
+
+    from dreamline.device import resolve_device
+
+    cuda = resolve_device(device).type == "cuda"
+    if cuda and processes > torch.cuda.device_count():
+        raise ValueError(f"compute.processes {processes}: this machine has {torch.cuda.device_count()} GPU(s)")
+    threads = int(threads or torch.get_num_threads())
+    root = logging.getLogger()
+    log_level = root.getEffectiveLevel() if root.handlers else None
+    results = mp.get_context("spawn").SimpleQueue()
+    context = mp.start_processes(_rank_main, nprocs=processes, join=False, start_method="spawn",
+                                 args=(fn, tuple(args), processes, _free_port(), cuda, threads, results,
+                                       os.getpid(), log_level))
+    result = None
+    while True:
+        finished = context.join(timeout=0.5)
+        while not results.empty():   # read while they run: a large result fills the pipe
+            result = results.get()
+        if finished:
+            return result
+
+
+# -- the loop ----------------------------------------------------------------------------------
+
 @dataclass(frozen=True)
 class TrainResult:
     step: int                       # steps done, params.steps on success
     loss: float | None              # mean loss of the last logged interval
     seconds: float                  # wall time of this call (this process)
-    samples_per_s: float | None     # over this process's steps; None if it ran none
+    samples_per_s: float | None     # over this process's steps (the global batch); None if it ran none
     resumed_from: int | None        # checkpoint step this call started from
     checkpoint: Path | None         # the checkpoint holding the final state
     curve: Path
+    compute: dict | None = None     # device, device_name, precision, processes (for run.json)
 
 
 def _write_curve(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -254,19 +547,26 @@ def _write_curve(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 class Trainer:
-    """AdamW + linear warmup then constant LR + grad-norm clipping + EMA, with checkpoints.
+    """AdamW + linear warmup then constant LR + grad-norm clipping + EMA, with checkpoints,
+    through an ``accelerate.Accelerator`` (device, mixed precision, data-parallel ranks,
+    gradient accumulation: see the module's docstring).
 
     Only parameters with ``requires_grad`` are optimised, averaged and checkpointed (with
     all persistent buffers). ``run()`` resumes from the newest usable checkpoint whose
     run key matches; it leaves the model holding the final trained (non-EMA) weights —
-    use ``trainer.ema.copy_to()`` or ``with trainer.ema.swapped():`` for the EMA weights.
+    use ``trainer.ema.copy_to()`` or ``with trainer.ema.swapped():`` for the EMA weights —
+    on the training device (``release()`` brings it back to the CPU).
+
+    `loss_modules`: frozen modules `loss_fn` runs besides `model` (CAA's UNet; reference
+    weights), moved to the device with it and gradient-checkpointed with it.
     """
 
     def __init__(self, model: nn.Module, params: TrainingParams, out_dir: str | Path,
-                 make_batch: Callable[[int], Any],
+                 make_batch: Callable[..., Any],
                  loss_fn: Callable[[nn.Module, Any, torch.Generator], torch.Tensor], *,
                  run_key: str, samples_per_step: int | None = None,
-                 generator_device: str | torch.device = "cpu"):
+                 generator_device: str | torch.device = "cpu", compute: Compute | None = None,
+                 loss_modules: Sequence[nn.Module] = ()):
         self.model = model
         self.params = params
         self.out_dir = Path(out_dir)
@@ -274,27 +574,52 @@ class Trainer:
         self.curve_path = self.out_dir / "curve.csv"
         self.make_batch = make_batch
         self.loss_fn = loss_fn
-        self.run_key = str(run_key)
         self.samples_per_step = int(samples_per_step or params.batch_size)
         self.generator_device = torch.device(generator_device)
+        self.compute = compute if compute is not None else Compute.from_env()
+        # A checkpoint goes on only under the precision that wrote it (the device and the
+        # number of processes agree within float tolerance: a run may resume across them).
+        self.run_key = str(run_key) if self.compute.precision == "fp32" else f"{run_key}@{self.compute.precision}"
+        self.accelerator = acc = _accelerator(self.compute, params.grad_accumulation)
+        # (accelerate names the CPU of a multi-CPU rank cpu:0; it is the CPU)
+        self.device = torch.device("cpu") if acc.device.type == "cpu" else acc.device
+        self.rank, self.world = acc.process_index, acc.num_processes
+        self.is_main = acc.is_main_process
+        self.parts = self.world * params.grad_accumulation
+        self.loss_modules = list(loss_modules)
         self.trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not self.trainable:
             raise ValueError("model has no parameters with requires_grad")
         self._frozen = {n for n, p in model.named_parameters(remove_duplicate=False)
                         if not p.requires_grad}
-        self._reset_state()
+        if self.device.type != "cpu":
+            for module in (model, *self.loss_modules):
+                _place(module, self.device)
+        # DDP over the ranks, autocast around the loss (placed above: on the CPU nothing moves).
+        self.objective = acc.prepare_model(_Objective(model, loss_fn), device_placement=False)
+        self._checkpointed = 0
+        if params.gradient_checkpointing:
+            self._checkpointed = _checkpointing([model, *self.loss_modules], True)
+            if not self._checkpointed:
+                log.warning("train.gradient_checkpointing: no model here supports it (diffusers "
+                            "enable_gradient_checkpointing); training without")
+        raw = torch.optim.AdamW([q for _, q in self.trainable], lr=params.lr, weight_decay=params.weight_decay)
+        warmup = params.warmup_steps
+        # Factor for the LR used at 0-based step s: reaches 1 at step warmup - 1.
+        schedule = LambdaLR(raw, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        self._initial = (copy.deepcopy(raw.state_dict()), copy.deepcopy(schedule.state_dict()))
+        self._raw_optimizer = raw
+        self.optimizer = acc.prepare_optimizer(raw)
+        self.scheduler = acc.prepare_scheduler(schedule)
+        self._reset_state(first=True)
 
     # -- state -------------------------------------------------------------------------
 
-    def _reset_state(self) -> None:
-        p = self.params
-        self.optimizer = torch.optim.AdamW([q for _, q in self.trainable], lr=p.lr,
-                                           weight_decay=p.weight_decay)
-        warmup = p.warmup_steps
-        # Factor for the LR used at 0-based step s: reaches 1 at step warmup - 1.
-        self.scheduler = LambdaLR(self.optimizer,
-                                  lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-        self.ema = EMA(self.trainable, p.ema_decay)
+    def _reset_state(self, first: bool = False) -> None:
+        if not first:   # a restore failed half-way: back to a fresh optimiser and schedule
+            self._raw_optimizer.load_state_dict(copy.deepcopy(self._initial[0]))
+            self.scheduler.load_state_dict(copy.deepcopy(self._initial[1]))
+        self.ema = EMA(self.trainable, self.params.ema_decay)
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self._pending: list[float] = []   # losses since the last curve row
@@ -303,6 +628,24 @@ class Trainer:
     def model_state(self) -> dict[str, torch.Tensor]:
         """What a checkpoint keeps of the model: trainable parameters and buffers."""
         return {k: v for k, v in self.model.state_dict().items() if k not in self._frozen}
+
+    def describe(self) -> dict[str, Any]:
+        """What ran the training, for run.json (not DVC-tracked: agrees within tolerance)."""
+        from dreamline.device import describe
+
+        return {**describe(self.device, self.compute.precision), "processes": self.world}
+
+    def release(self) -> None:
+        """The model and loss modules back on the CPU (held-out evaluation, saving), gradient
+        checkpointing off, accelerate's references dropped."""
+        if self._checkpointed:
+            _checkpointing([self.model, *self.loss_modules], False)
+            self._checkpointed = 0
+        if self.device.type != "cpu":
+            for module in (self.model, *self.loss_modules):
+                _place(module, torch.device("cpu"))
+        self.objective = None
+        self.accelerator.free_memory()
 
     def _checkpoints(self) -> list[tuple[int, Path]]:
         if not self.ckpt_dir.is_dir():
@@ -333,6 +676,8 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"], strict=False)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        if "scaler" in ckpt and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(ckpt["scaler"])
         self.ema.load_state_dict(ckpt["ema"])
         self.step = int(ckpt["step"])
         self.history = [dict(r) for r in ckpt["history"]]
@@ -340,58 +685,76 @@ class Trainer:
         self._seconds_before = float(ckpt["seconds"])
 
     def _resume(self) -> tuple[int | None, Path | None]:
-        if self.ckpt_dir.is_dir():
+        """Every rank reads the same files and picks the same checkpoint; rank 0 alone removes
+        the ones passed over, once every rank has read."""
+        if self.ckpt_dir.is_dir() and self.is_main:
             for legacy in sorted(self.ckpt_dir.iterdir()):
                 if _LEGACY_CKPT_RE.match(legacy.name):
                     log.warning("ignoring %s: a pickle checkpoint of an earlier version is never loaded "
                                 "(unpickling can run code)", legacy)
         candidates = self._checkpoints()
-        if not candidates:
-            return None, None
-        snapshot = {k: v.detach().clone() for k, v in self.model_state().items()}
-        for step, path in candidates:
-            if step > self.params.steps:
-                log.warning("ignoring checkpoint %s: past the %d steps of this run", path,
-                            self.params.steps)
-                continue
-            try:
-                ckpt = self._read_checkpoint(path)
-            except Exception as exc:  # truncated, corrupt or foreign: try an older one
-                log.warning("checkpoint %s is unusable (%s: %s); trying an older one", path,
-                            type(exc).__name__, exc)
-                continue
-            if ckpt.get("run_key") != self.run_key:
-                log.info("checkpoint %s belongs to another run (key differs)", path)
-                continue
-            try:
-                self._apply(ckpt)
-            except Exception as exc:
-                log.warning("restoring %s failed (%s: %s); trying an older one", path,
-                            type(exc).__name__, exc)
-                self.model.load_state_dict(snapshot, strict=False)
-                self._reset_state()
-                continue
-            # Anything newer is corrupt or inconsistent with the state we resume from.
-            for other_step, other in candidates:
-                if other_step > step:
-                    other.unlink(missing_ok=True)
-            log.info("resuming from %s (step %d)", path, step)
-            return step, path
-        log.warning("no usable checkpoint for this run in %s; starting fresh and removing %d "
-                    "stale checkpoint(s)", self.ckpt_dir, len(candidates))
-        for _, path in candidates:
-            path.unlink(missing_ok=True)
-        (self.ckpt_dir / "latest.json").unlink(missing_ok=True)
-        return None, None
+        chosen: tuple[int, Path] | None = None
+        remove: list[Path] = []
+        if candidates:
+            snapshot = {k: v.detach().clone() for k, v in self.model_state().items()}
+            for step, path in candidates:
+                if step > self.params.steps:
+                    log.warning("ignoring checkpoint %s: past the %d steps of this run", path,
+                                self.params.steps)
+                    continue
+                try:
+                    ckpt = self._read_checkpoint(path)
+                except Exception as exc:  # truncated, corrupt or foreign: try an older one
+                    log.warning("checkpoint %s is unusable (%s: %s); trying an older one", path,
+                                type(exc).__name__, exc)
+                    continue
+                if ckpt.get("run_key") != self.run_key:
+                    log.info("checkpoint %s belongs to another run (key differs)", path)
+                    continue
+                try:
+                    self._apply(ckpt)
+                except Exception as exc:
+                    log.warning("restoring %s failed (%s: %s); trying an older one", path,
+                                type(exc).__name__, exc)
+                    self.model.load_state_dict(snapshot, strict=False)
+                    self._reset_state()
+                    continue
+                chosen = (step, path)
+                # Anything newer is corrupt or inconsistent with the state we resume from.
+                remove = [other for other_step, other in candidates if other_step > step]
+                log.info("resuming from %s (step %d)", path, step)
+                break
+            else:
+                log.warning("no usable checkpoint for this run in %s; starting fresh and removing %d "
+                            "stale checkpoint(s)", self.ckpt_dir, len(candidates))
+                remove = [path for _, path in candidates] + [self.ckpt_dir / "latest.json"]
+        if self.world > 1:
+            steps = self.accelerator.gather(torch.tensor([-1 if chosen is None else chosen[0]],
+                                                         device=self.device))
+            if len(set(steps.tolist())) != 1:
+                raise RuntimeError(f"ranks found different checkpoints to resume from: {steps.tolist()} "
+                                   f"(is {self.ckpt_dir} on a filesystem every rank sees?)")
+            self.accelerator.wait_for_everyone()   # all have read before anything is removed
+        if self.is_main:
+            for path in remove:
+                path.unlink(missing_ok=True)
+        return chosen if chosen is not None else (None, None)
 
     def _save(self, seconds: float) -> Path:
+        path = self.ckpt_dir / f"step-{self.step}.safetensors"
+        if not self.is_main:
+            return path
         ckpt = {
             "format": CHECKPOINT_FORMAT, "run_key": self.run_key, "step": self.step,
             "model": self.model_state(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "ema": self.ema.state_dict(),
             "history": self.history, "pending_losses": self._pending, "seconds": seconds,
         }
-        path = tensorfile.save(self.ckpt_dir / f"step-{self.step}.safetensors", ckpt)
+        if self.accelerator.scaler is not None:   # fp16: the loss scale goes on with the run
+            ckpt["scaler"] = self.accelerator.scaler.state_dict()
+        if self.device.type != "cpu":
+            ckpt = _to_cpu(ckpt)
+        path = tensorfile.save(path, ckpt)
         # The pointer goes second so that it never names a file that is not all there.
         write_json_atomic(self.ckpt_dir / "latest.json",
                           {"step": self.step, "file": path.name, "run_key": self.run_key})
@@ -412,17 +775,32 @@ class Trainer:
                 for tmp in folder.glob(pattern):
                     tmp.unlink(missing_ok=True)
 
+    def _step_loss(self, losses: list[torch.Tensor]) -> float:
+        """The step's loss: its one part's, or the mean over every part of every rank
+        (gathered in rank order, so each rank computes the same number)."""
+        if self.parts == 1:
+            return float(losses[0])
+        local = torch.stack([x.float() for x in losses]).to(torch.float64)
+        every = self.accelerator.gather(local) if self.world > 1 else local
+        return float(every.sum()) / every.numel()
+
     def run(self) -> TrainResult:
         p = self.params
-        self._clean_temp_files()
+        acc = self.accelerator
+        if self.is_main:
+            self._clean_temp_files()
         resumed_from, checkpoint = self._resume()
         # Rows a killed run logged past its last checkpoint are dropped here.
-        _write_curve(self.curve_path, self.history)
+        if self.is_main:
+            _write_curve(self.curve_path, self.history)
 
         trainable = [q for _, q in self.trainable]
         dev = self.generator_device
-        fork_devices = [] if dev.type == "cpu" else [dev.index or 0]
-        fork_type = None if dev.type == "cpu" else dev.type
+        # The global RNG (dropout) is seeded per step on the device that computes.
+        rng_device = self.device if self.device.type != "cpu" else dev
+        fork_devices = [] if rng_device.type == "cpu" else [rng_device.index or 0]
+        fork_type = None if rng_device.type == "cpu" else rng_device.type
+        k = p.grad_accumulation
         was_training = self.model.training
         self.model.train()
         t_start = time.perf_counter()
@@ -432,21 +810,30 @@ class Trainer:
             while self.step < p.steps:
                 step = self.step
                 t0 = time.perf_counter()
-                batch = self.make_batch(step)
                 gen_seed, global_seed = _step_seeds(p.seed, step)
-                generator = torch.Generator(device=dev).manual_seed(gen_seed)
                 lr = self.scheduler.get_last_lr()[0]
-                self.optimizer.zero_grad(set_to_none=True)
-                with torch.random.fork_rng(devices=fork_devices, device_type=fork_type):
-                    torch.manual_seed(global_seed)
-                    loss = self.loss_fn(self.model, batch, generator)
-                    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                        raise TypeError("loss_fn must return a scalar tensor")
-                    loss.backward()
-                value = float(loss.detach())
+                self._raw_optimizer.zero_grad(set_to_none=True)
+                losses = []
+                for micro in range(k):
+                    part = Part(self.rank * k + micro, self.parts)
+                    batch = self.make_batch(step) if self.parts == 1 else self.make_batch(step, part)
+                    if self.device.type != "cpu":
+                        batch = _to_device(batch, self.device)
+                    # The same (seed, step) generator for every part: each draws the global
+                    # batch's noise and keeps its own slice.
+                    generator = torch.Generator(device=dev).manual_seed(gen_seed)
+                    with acc.accumulate(self.objective), \
+                            torch.random.fork_rng(devices=fork_devices, device_type=fork_type):
+                        torch.manual_seed(global_seed if self.parts == 1 else _part_seed(global_seed, part))
+                        loss = self.objective(batch, generator)
+                        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                            raise TypeError("loss_fn must return a scalar tensor")
+                        acc.backward(loss)
+                    losses.append(loss.detach())
+                value = self._step_loss(losses)
                 if not math.isfinite(value):
                     raise FloatingPointError(f"loss is {value} at step {step}")
-                nn.utils.clip_grad_norm_(trainable, p.grad_clip)
+                acc.clip_grad_norm_(trainable, p.grad_clip)
                 self.optimizer.step()
                 self.scheduler.step()
                 self.ema.update()
@@ -465,20 +852,23 @@ class Trainer:
                     self.history.append(row)
                     self._pending = []
                     interval_s, interval_steps = 0.0, 0
-                    _write_curve(self.curve_path, self.history)
-                    log.info("step %d/%d loss %.5g lr %.3g %.1f samples/s", self.step, p.steps,
-                             row["loss"], lr, sps)
+                    if self.is_main:
+                        _write_curve(self.curve_path, self.history)
+                        log.info("step %d/%d loss %.5g lr %.3g %.1f samples/s", self.step, p.steps,
+                                 row["loss"], lr, sps)
                 if self.step % p.checkpoint_every == 0 or done:
                     checkpoint = self._save(self._seconds_before + time.perf_counter() - t_start)
         finally:
             self.model.train(was_training)
+        if self.world > 1:
+            acc.wait_for_everyone()   # rank 0's last checkpoint is written before any rank goes on
 
         seconds = time.perf_counter() - t_start
         samples_per_s = steps_run * self.samples_per_step / compute_s if compute_s > 0 else None
-        if steps_run:
+        if steps_run and self.is_main:
             log.info("trained %d steps in %.1f s: %.1f samples/s", steps_run, seconds,
                      samples_per_s or 0.0)
         return TrainResult(step=self.step, loss=self.history[-1]["loss"] if self.history else None,
                            seconds=seconds, samples_per_s=samples_per_s,
                            resumed_from=resumed_from, checkpoint=checkpoint,
-                           curve=self.curve_path)
+                           curve=self.curve_path, compute=self.describe())

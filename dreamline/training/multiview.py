@@ -16,6 +16,7 @@ import torch
 from dreamline.config import TrainMVParams
 from dreamline.training.common import file_digest, heldout_captions, orbit_cameras, pixel_resolution
 from dreamline.training.data import TextBank, all_texts, choose_captions, view_sets
+from dreamline.training.loop import WHOLE, Part
 from dreamline.training.objectives import DenoiseBatch, comparison_table, paired_heldout_losses
 from dreamline.training.template import FineTuning
 
@@ -96,7 +97,7 @@ class MultiViewTraining(FineTuning):
     def samples_per_step(self) -> int:
         return self.p.train.batch_size * self.p.num_views
 
-    def make_batch(self, step: int) -> DenoiseBatch:
+    def make_batch(self, step: int, part: Part = WHOLE) -> DenoiseBatch:
         from dreamline.training.loop import batch_indices
 
         p, pipe, train = self.p, self.pipe, self.train
@@ -105,12 +106,16 @@ class MultiViewTraining(FineTuning):
         if rng.random() < p.joint_2d_fraction:  # a 2D batch: single views, camera off
             idx = batch_indices(seed + 1, step, len(train), bs * F)
             texts = choose_captions(train.rows.iloc[idx], rng, p.original_text_prob, p.caption_dropout)
+            span, idx, texts = part.span(len(idx)), part.take(idx), part.take(texts)
             states, mask = self.bank.lookup(texts)
-            return DenoiseBatch(_encode(pipe, train, idx), states, mask, None, 1)
+            return DenoiseBatch(_encode(pipe, train, idx), states, mask, None, 1, part=span)
         chosen = self.sets[batch_indices(seed, step, len(self.sets), bs)]
         firsts = train.rows.iloc[chosen[:, 0]]
         texts = choose_captions(firsts, rng, p.original_text_prob, p.caption_dropout, p.caption_suffix)
-        return set_batch(pipe, train, chosen, texts, self.bank, F)
+        span, chosen, texts = part.span(len(chosen)), part.take(chosen), part.take(texts)
+        batch = set_batch(pipe, train, chosen, texts, self.bank, F)
+        batch.part = span
+        return batch
 
     def evaluate(self) -> dict:
         return {"heldout": heldout_comparison(self.base_unet, self.model, self.pipe, self.val, self.val_bank,
@@ -140,5 +145,5 @@ class MultiViewTraining(FineTuning):
 
 
 def train_mv(p: TrainMVParams, renders_root: Path, captions_path: Path, out_dir: Path,
-             work_dir: Path, max_tokens: int = 16) -> dict:
-    return MultiViewTraining(p, renders_root, captions_path, out_dir, work_dir, max_tokens).run()
+             work_dir: Path, max_tokens: int = 16, compute=None) -> dict:
+    return MultiViewTraining(p, renders_root, captions_path, out_dir, work_dir, max_tokens, compute=compute).run()

@@ -23,6 +23,10 @@ class DenoiseBatch:
     num_views: int = 1                # F; 1 = per-view self-attention
     cond: torch.Tensor | None = None  # (B*F, C', h, w) extra input channels after z_t (MVDiffusion's depth)
     scope: Callable[[], ContextManager] | None = None   # entered around the UNet call (CAA's correspondences)
+    # (first, end, units): this batch is units [first, end) of its step's global batch of
+    # `units` objects (F views each), one part of a data-parallel / accumulated step
+    # (dreamline.training.loop.Part); None: the whole batch.
+    part: tuple[int, int, int] | None = None
 
 
 def unet_forward(unet, z_t: torch.Tensor, t: torch.Tensor, batch: DenoiseBatch) -> torch.Tensor:
@@ -49,13 +53,37 @@ def target_for(scheduler, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
 
 
 def draw_noise(batch: DenoiseBatch, num_train_timesteps: int, generator: torch.Generator,
-               t_range: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noise per image, and a timestep per object shared by its F views (as MVDream)."""
-    n = batch.latents.shape[0]
+               t_range: tuple[int, int] | None = None, whole: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise per image, and a timestep per object shared by its F views (as MVDream).
+
+    A part of a step's batch (`batch.part`) draws for the whole global batch and keeps its
+    own rows, so the parts of a step (ranks, micro-batches) together use exactly the numbers
+    the whole batch draws in one process. `whole`: return the global batch's draws, on the
+    CPU (a caller that draws more, then keeps its part with `own_rows`)."""
+    F = batch.num_views
     lo, hi = t_range or (0, num_train_timesteps)
-    t = torch.randint(lo, hi, (n // batch.num_views,), generator=generator)
-    noise = torch.randn(batch.latents.shape, generator=generator)
-    return noise, t.repeat_interleave(batch.num_views)
+    if batch.part is None:
+        n = batch.latents.shape[0]
+        t = torch.randint(lo, hi, (n // F,), generator=generator)
+        noise = torch.randn(batch.latents.shape, generator=generator)
+    else:
+        units = batch.part[2]
+        t = torch.randint(lo, hi, (units,), generator=generator)
+        noise = torch.randn((units * F, *batch.latents.shape[1:]), generator=generator)
+    t = t.repeat_interleave(F)
+    if whole:
+        return noise, t
+    return own_rows(batch, noise), own_rows(batch, t)
+
+
+def own_rows(batch: DenoiseBatch, x: torch.Tensor) -> torch.Tensor:
+    """This batch's rows (F per object) of `x`, drawn on the CPU for the whole step's batch,
+    on the batch's device."""
+    if batch.part is not None:
+        first, end, _ = batch.part
+        x = x[first * batch.num_views:end * batch.num_views]
+    device = batch.latents.device
+    return x if x.device == device else x.to(device)
 
 
 def denoise_loss(unet, scheduler, batch: DenoiseBatch, noise: torch.Tensor, t: torch.Tensor,
