@@ -36,27 +36,57 @@ def sample(prompt: str = typer.Argument(..., help="text prompt"),
            guidance: float = typer.Option(1.0, min=0.0, help="classifier-free guidance scale"),
            rescale: float = typer.Option(0.0, min=0.0, max=1.0, help="CFG rescale"),
            seed: int = typer.Option(0),
-           threads: Optional[int] = typer.Option(None, help="torch threads")):
+           threads: Optional[int] = typer.Option(None, help="torch threads"),
+           params: Path = typer.Option(Path("params.yaml"), help="params file: its compute block (device, "
+                                       "precision) when it exists, else auto / fp32"),
+           device: Optional[str] = typer.Option(None, help="compute.device instead: auto | cpu | cuda | cuda:N"),
+           precision: Optional[str] = typer.Option(None, help="compute.precision instead: fp32 | bf16 | fp16")):
     """Write a grid PNG of samples for PROMPT: one row per sample, one column per view."""
     import torch
 
+    from dreamline.device import autocast
     from dreamline.models.grid import grid_image
+    from dreamline.models.sampling import place
     from dreamline.training.common import load_base_pipeline, orbit_cameras
 
+    target, dtype_name = _compute(params, device, precision)
     if threads:
         torch.set_num_threads(threads)
     try:
-        pipe = load_base_pipeline(model)
+        pipe = place(load_base_pipeline(model), target, dtype_name)
     except FileNotFoundError as err:
         raise typer.BadParameter(str(err), param_hint="--model") from None
     has_camera = pipe.unet.class_embedding is not None
     cameras = orbit_cameras(views, elevation, distance) if has_camera else None
-    g = torch.Generator().manual_seed(seed)
-    images = pipe([prompt] * rows, cameras=cameras, num_inference_steps=steps, guidance_scale=guidance,
-                  guidance_rescale=rescale, generator=g, output_type="np").images
+    g = torch.Generator().manual_seed(seed)    # on the CPU: the same noise on every device
+    with autocast(target, dtype_name):
+        images = pipe([prompt] * rows, cameras=cameras, num_inference_steps=steps, guidance_scale=guidance,
+                      guidance_rescale=rescale, generator=g, output_type="np").images
     out.parent.mkdir(parents=True, exist_ok=True)
     grid_image(images, nrow=views if has_camera else rows).save(out)
     typer.echo(f"wrote {out} ({len(images)} images, {type(pipe).__name__} from {model})")
+
+
+def _compute(params: Path, device: str | None, precision: str | None):
+    """(torch.device, precision) from the params file's `compute` block (defaults when the
+    file does not exist) with the command line's overrides; exit 2 naming the key when this
+    machine cannot run them."""
+    from dreamline.config import ComputeParams, ParamsError, load_params
+    from dreamline.device import DeviceError
+    from tasks.common import compute_target
+
+    try:
+        base = load_params(params).compute if params.exists() else ComputeParams()
+        chosen = ComputeParams.model_validate({**base.model_dump(), **{k: v for k, v in (
+            ("device", device), ("precision", precision)) if v is not None}})
+    except (ParamsError, ValueError) as err:
+        typer.echo(f"compute: {err}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        return compute_target(chosen.device, chosen.precision)
+    except DeviceError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
 
 
 def _slug(text: str) -> str:
@@ -120,6 +150,14 @@ def generate(prompt: str = typer.Argument(..., help="text prompt"),
     try:
         checked = parse_params(base, f"{params} + command line")
     except ParamsError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+    from dreamline.device import DeviceError
+    from tasks.common import compute_target
+
+    try:   # the flow resolves compute.device / compute.precision again; fail here, before any work
+        compute_target(checked.compute.device, checked.compute.precision)
+    except DeviceError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
     from dreamline.distill.run import check_models

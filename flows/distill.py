@@ -1,5 +1,6 @@
 """Prefect flow of the `distill` stage: one task per prompt, run one after another (each
-already uses every core through torch), sharing the loaded priors."""
+already uses every core through torch), sharing the loaded priors, on `compute.device` at
+`compute.precision`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,9 @@ from prefect import flow, get_run_logger
 
 from dreamline import paths
 from dreamline.config import Params
+from dreamline.device import describe as dl_describe
 from dreamline.distill.loop import PriorCache
+from tasks.common import compute_target
 from tasks.distill import distill_one
 
 
@@ -20,7 +23,9 @@ def distill_flow(params: Params, slugs: list[str] | None = None, out_root: Path 
     unknown = [s for s in slugs if s not in p.prompts]
     if unknown:
         raise ValueError(f"unknown prompt slugs {unknown}; distill.prompts has {sorted(p.prompts)}")
-    priors = PriorCache()
+    device, precision = compute_target(params.compute.device, params.compute.precision)
+    priors = PriorCache(device=device, precision=precision)
+    get_run_logger().info("distill on %s at %s", dl_describe(device, precision)["device_name"], precision)
     summaries = {}
     for slug in slugs:
         summaries[slug] = distill_one.with_options(name=f"distill-{slug}")(

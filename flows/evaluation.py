@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger
 from dreamline import paths
 from dreamline.atomic import write_bytes_atomic, write_json_atomic
 from dreamline.config import Params
+from tasks.common import compute_target
 from tasks.evaluation import evaluate_task, report_task, train_evaluator_task
 
 CAPTIONS = paths.CAPTIONS / "captions.parquet"
@@ -18,7 +19,8 @@ CAPTIONS = paths.CAPTIONS / "captions.parquet"
 @flow(name="train-evaluator")
 def train_evaluator_flow(params: Params, renders: Path = paths.RENDERS, captions: Path = CAPTIONS,
                          out_dir: Path = paths.MODELS / "evaluator") -> dict:
-    summary = train_evaluator_task(params.evaluator, renders, captions, out_dir)
+    device, precision = compute_target(params.compute.device, params.compute.precision)
+    summary = train_evaluator_task(params.evaluator, renders, captions, out_dir, device, precision)
     return {"evaluator": summary["evaluator"], "val": summary["retrieval"]["val"]}
 
 
@@ -38,8 +40,9 @@ def _asset_table(rows: list[dict]) -> bytes:
 @flow(name="evaluate")
 def evaluate_flow(params: Params, renders: Path = paths.RENDERS, captions: Path = CAPTIONS,
                   asset_roots: tuple[Path, ...] = (paths.DISTILL, paths.ABLATION), out_dir: Path = paths.EVAL) -> dict:
+    device, precision = compute_target(params.compute.device, params.compute.precision)
     metrics, rows = evaluate_task(params.evaluate, renders, captions, list(asset_roots), out_dir,
-                                  params.distill.camera.radius)
+                                  params.distill.camera.radius, device, precision)
     write_json_atomic(Path(out_dir) / "assets.json", rows)
     write_bytes_atomic(Path(out_dir) / "plots" / "assets.csv", _asset_table(rows))
     write_json_atomic(Path(out_dir) / "metrics.json", metrics)     # last: the stage's result

@@ -50,6 +50,15 @@ def configure_process(stage: str, params) -> None:
 from dreamline.config import ParamsError, load_params  # noqa: E402
 
 
+def check_compute(stage: str, params) -> None:
+    """A torch stage stops here, like on an invalid params file (exit 2, the key named), when
+    `compute.device` / `compute.precision` cannot run on this machine (DeviceError)."""
+    if stage in STAGE_THREADS or (stage == "caption" and params.caption.captioner_type == "image"):
+        from dreamline.device import check_precision, resolve_device
+
+        check_precision(resolve_device(params.compute.device), params.compute.precision)
+
+
 def run_stage(name: str, flow_ref: str, before=None, options: dict | None = None) -> None:
     """Validate params, then import and run the flow `module:function` with them.
     `options`: extra command-line flags (argparse kwargs) passed to the flow by their dest."""
@@ -61,7 +70,8 @@ def run_stage(name: str, flow_ref: str, before=None, options: dict | None = None
     flow_kwargs = {kwargs["dest"]: getattr(args, kwargs["dest"]) for kwargs in (options or {}).values()}
     try:
         params = load_params(args.params)  # fail fast, before any work or server start
-    except ParamsError as err:
+        check_compute(name, params)
+    except ValueError as err:              # ParamsError, or dreamline.device.DeviceError
         print(f"stage {name}: {err}", file=sys.stderr)
         sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

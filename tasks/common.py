@@ -35,3 +35,14 @@ def run_logger():
 
 def flatten(lists: Iterable[list]) -> list:
     return [x for xs in lists for x in xs]
+
+
+def compute_target(device: str, precision: str):
+    """(torch.device, precision) of params `compute`, resolved once by a flow and handed to
+    the library as arguments; a device or precision this machine cannot run raises
+    dreamline.device.DeviceError naming the key."""
+    from dreamline.device import check_precision, resolve_device
+
+    resolved = resolve_device(device)
+    check_precision(resolved, precision)
+    return resolved, precision

@@ -10,18 +10,21 @@ from tasks.common import run_logger
 
 
 @task(name="train-evaluator", cache_policy=NO_CACHE, retries=1)
-def train_evaluator_task(p, renders: Path, captions: Path, out_dir: Path) -> dict:
+def train_evaluator_task(p, renders: Path, captions: Path, out_dir: Path, device=None,
+                         precision: str = "fp32") -> dict:
     from dreamline.evaluation.train_evaluator import train_evaluator
 
-    return train_evaluator(p, Path(renders), Path(captions), Path(out_dir), log=run_logger().info)
+    return train_evaluator(p, Path(renders), Path(captions), Path(out_dir), log=run_logger().info,
+                           device=device, precision=precision)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(p, renders: Path, captions: Path, asset_roots: list[Path], out_dir: Path, radius: float):
+def evaluate_task(p, renders: Path, captions: Path, asset_roots: list[Path], out_dir: Path, radius: float,
+                  device=None, precision: str = "fp32"):
     from dreamline.evaluation.evaluate import evaluate
 
     return evaluate(p, Path(renders), Path(captions), [Path(r) for r in asset_roots], Path(out_dir), radius,
-                    log=run_logger().info)
+                    log=run_logger().info, device=device, precision=precision)
 
 
 @task(name="report", cache_policy=NO_CACHE)

@@ -486,12 +486,13 @@ def test_the_analysis_sees_known_reads():
         assert not unknown
         return {".".join(c) for c in chains}
 
-    assert reads("caption") == {"caption", "execution.task_runner"}
+    compute = {"compute.device", "compute.precision"}
+    assert reads("caption") == {"caption", "execution.task_runner"} | compute
     assert reads("evaluate") == {"evaluate", "evaluate.evaluator", "evaluate.image_quality.models",
-                                 "distill.camera.radius"}
+                                 "distill.camera.radius"} | compute
     distill_fields = {f"distill.{f}" for f in Params.model_fields["distill"].annotation.model_fields}
     assert reads("ablation") == {"ablation.guidance_types", "ablation.steps"} \
-        | distill_fields - {"distill.guidance_type", "distill.steps"}
+        | distill_fields - {"distill.guidance_type", "distill.steps"} | compute
     assert {"distill", "evaluate", "evaluator", "ablation", "texture"} <= reads("report")
     assert reads("render") == {"render", "render.backend"}
     # The comparison: a missing key, a superfluous one, a sub-key list short of a field.

@@ -23,4 +23,4 @@ class ImageCaptionerParams(Strict):
     resolution: int = Field(224, ge=16, le=1024)
     max_new_tokens: int = Field(30, ge=1, le=200)
     elevation_deg: float = Field(20.0, ge=-89.0, le=89.0)
-    device: str = "cpu"
+    # Where and at what precision: params `compute` (device, precision), passed in by the flow.

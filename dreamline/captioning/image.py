@@ -11,7 +11,9 @@ square"), but it cannot combine details seen from different sides as an LLM merg
 
 The model is a transformers-format BLIP captioning folder (e.g. a saved
 Salesforce/blip-image-captioning-base) at `model_path`; it is loaded on the first caption
-call so that building the captioner, e.g. to validate a config, stays cheap.
+call so that building the captioner, e.g. to validate a config, stays cheap. It runs on the
+`device` at the `precision` it is given (params `compute`, passed in by the caption flow):
+stored in `frozen_dtype(precision)`, generating under autocast.
 """
 from __future__ import annotations
 
@@ -104,10 +106,20 @@ def _check_blip_folder(path: Path) -> None:
 class ImageCaptioner(Captioner):
     name = "image"
 
-    def __init__(self, config: ImageCaptionerParams, seed: int = 0):
+    def __init__(self, config: ImageCaptionerParams, seed: int = 0, device: str = "cpu",
+                 precision: str = "fp32"):
         super().__init__(config, seed)
+        self.device = str(device)
+        self.precision = precision
         self._model = None
         self._processor = None
+
+    def place(self, device, precision: str = "fp32") -> "ImageCaptioner":
+        """Run on `device` at `precision` (before the model is loaded)."""
+        if self._model is not None and (str(device), precision) != (self.device, self.precision):
+            raise RuntimeError("image captioner: the model is already loaded on another device or precision")
+        self.device, self.precision = str(device), precision
+        return self
 
     @property
     def model_path(self) -> Path:
@@ -124,16 +136,16 @@ class ImageCaptioner(Captioner):
 
         from dreamline.models.weights import load_pretrained
 
-        device = self.config.device
+        from dreamline.device import frozen_dtype
+
         try:
             processor = BlipProcessor.from_pretrained(str(path))
-            # Half-precision checkpoints are slow or unsupported on CPU.
-            dtype = torch.float32 if device.startswith("cpu") else "auto"
+            # Whatever the checkpoint's dtype: the compute precision's (fp32 by default).
             model = load_pretrained(BlipForConditionalGeneration, path, "caption.captioner.model_path",
-                                    dtype=dtype)
+                                    dtype=frozen_dtype(self.precision))
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
             raise ValueError(f"could not load a BLIP captioner from '{path}': {e}") from None
-        self._model = model.to(device).eval()
+        self._model = model.to(self.device).eval()
         self._processor = processor
 
     def caption_views(self, views) -> list[str]:
@@ -141,13 +153,15 @@ class ImageCaptioner(Captioner):
         import torch
         from PIL import Image
 
+        from dreamline.device import autocast
+
         self.load()
         images = [Image.fromarray(v).convert("RGB") for v in views]
         inputs = self._processor(images=images, return_tensors="pt")
-        pixel_values = inputs["pixel_values"].to(self.config.device, dtype=self._model.dtype)
+        pixel_values = inputs["pixel_values"].to(self.device, dtype=self._model.dtype)
         # Greedy decoding draws no random numbers; the seeded, forked RNG only guards against a
         # checkpoint's generation config turning sampling back on, without touching the caller's.
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), autocast(torch.device(self.device), self.precision):
             torch.manual_seed(self.seed)
             out = self._model.generate(pixel_values=pixel_values, do_sample=False, num_beams=1,
                                        max_new_tokens=self.config.max_new_tokens)

@@ -35,8 +35,8 @@ def is_asset_folder(folder: Path) -> bool:
     return (folder / STATE).is_file() or (folder / LEGACY_STATE).is_file()
 
 
-def load_asset(folder: str | Path) -> tuple[Representation, str]:
-    """(representation, prompt) of a finished distillation folder."""
+def load_asset(folder: str | Path, device: torch.device | str | None = None) -> tuple[Representation, str]:
+    """(representation, prompt) of a finished distillation folder, on `device` (default CPU)."""
     from dreamline.paths import confine
     from dreamline.representations.configs import REPRESENTATIONS
 
@@ -59,22 +59,24 @@ def load_asset(folder: str | Path) -> tuple[Representation, str]:
         config = config.model_copy(update={"init": "sphere", "init_points": None})
     rep = build_representation(state["representation_type"], config, torch.Generator().manual_seed(0))
     rep.load_state_dict(state["state_dict"])
-    return rep.eval(), state["prompt"]
+    return rep.to(device or "cpu").eval(), state["prompt"]
 
 
 @torch.no_grad()
 def render_views(rep: Representation, azimuths, elevation: float, resolution: int, radius: float,
                  shading: str = "lambertian", chunk: int = 4) -> np.ndarray:
-    """(N, H, W, 3) uint8 deterministic renders over white at the given azimuths."""
-    views = fixed_views(list(azimuths), elevation, VIEW_FOV, radius, resolution)
+    """(N, H, W, 3) uint8 deterministic renders over white at the given azimuths, made on the
+    representation's device."""
+    device = rep.device
+    views = fixed_views(list(azimuths), elevation, VIEW_FOV, radius, resolution, device=device)
     images = []
     for i in range(0, len(views.cams), chunk):
         idx = slice(i, i + chunk)
         cams = type(views.cams)(views.cams.c2w[idx], views.cams.fov_deg[idx], resolution, resolution)
         light = type(views.light)(views.light.position[idx], views.light.ambient, views.light.diffuse)
-        out = rep.render(cams, shading, light, torch.ones(len(cams), 3, resolution, resolution))
+        out = rep.render(cams, shading, light, torch.ones(len(cams), 3, resolution, resolution, device=device))
         images.append(out.rgb.clamp(0, 1))
-    rgb = torch.cat(images).permute(0, 2, 3, 1).numpy()
+    rgb = torch.cat(images).permute(0, 2, 3, 1).cpu().numpy()
     return (rgb * 255.0 + 0.5).astype(np.uint8)
 
 
@@ -83,7 +85,7 @@ def export_mesh(rep: Representation, e: ExportParams, threshold: float, path: Pa
     try:
         mesh = marching_cubes_mesh(
             density, rep.bound, threshold,
-            colour_fn=lambda v: rep.albedo_at(torch.from_numpy(np.asarray(v, dtype=np.float32))).numpy())
+            colour_fn=lambda v: rep.albedo_at(torch.from_numpy(np.asarray(v, dtype=np.float32))).cpu().numpy())
     except EmptyMeshError as err:
         return {"error": str(err), "threshold": threshold}
     write_glb(mesh, path)

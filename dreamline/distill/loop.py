@@ -2,6 +2,13 @@
 
 All randomness comes from one torch.Generator whose state is checkpointed with the
 representation and optimiser, so a killed run resumes to the same asset as an unbroken one.
+It is a CPU generator on every device: draws are made on the CPU and moved (dreamline.device),
+so the numbers, and their order, do not depend on where the work runs.
+
+Device and precision (params `compute`, resolved by the caller): the representation, its
+renders, the cameras and the guidance run on `device`; the representation's parameters and
+the Adam state stay float32 whatever the precision, the priors are stored in
+`frozen_dtype(precision)` and run under autocast (dreamline.guidance.prior).
 """
 from __future__ import annotations
 
@@ -40,32 +47,40 @@ class DistillResult:
         return round(done / self.seconds, 3) if self.seconds > 0 else 0.0
 
 
-def distill_key(p: DistillParams, prompt: str, model_digests: dict[str, str]) -> str:
+def distill_key(p: DistillParams, prompt: str, model_digests: dict[str, str], precision: str = "fp32") -> str:
     """What determines the asset: the prompt, the resolved settings of the guidance terms
     and representation in use (defaults filled in; blocks of unused terms left out), every
-    other distill setting except the prompt list and export settings, the priors' contents
-    and the code the loop can run."""
+    other distill setting except the prompt list and export settings, the priors' contents,
+    the precision (not the device: see dreamline.config.ComputeParams) and the code the loop
+    can run."""
     from dreamline.lineage.code import code_digest
 
     settings = p.model_dump(mode="json", exclude={"prompts", "export", "log_every", "checkpoint_every", "threads",
                                                   "guidance", "representation"})
     settings["guidance"] = {t: p.guidance_config(t).model_dump(mode="json") for t in p.guidance_terms}
     settings["representation"] = p.representation_config().model_dump(mode="json")
-    blob = json.dumps([prompt, settings, model_digests, code_digest("dreamline.distill.loop:distill")],
-                      sort_keys=True)
+    parts = [prompt, settings, model_digests, code_digest("dreamline.distill.loop:distill")]
+    if precision != "fp32":   # fp32 runs keep the key form they always had
+        parts.append({"precision": precision})
+    blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
 class PriorCache:
-    """Loads each model folder once, however many terms (or prompts) use it."""
+    """Loads each model folder once, however many terms (or prompts) use it, on `device` at
+    `precision` (the default loader; a custom `loader(path)` places its priors itself)."""
 
-    def __init__(self, loader: Callable[[str], DiffusionPrior] = DiffusionPrior.load):
+    def __init__(self, loader: Callable[[str], DiffusionPrior] | None = None,
+                 device: torch.device | str | None = None, precision: str = "fp32"):
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.precision = precision
         self.loader = loader
         self._priors: dict[str, DiffusionPrior] = {}
 
     def __call__(self, path: str) -> DiffusionPrior:
         if path not in self._priors:
-            self._priors[path] = self.loader(path)
+            self._priors[path] = (self.loader(path) if self.loader is not None
+                                  else DiffusionPrior.load(path, self.device, self.precision))
         return self._priors[path]
 
 
@@ -101,12 +116,16 @@ def _read_checkpoint(work_dir: Path, key: str, log: Callable[[str], None] | None
 
 def distill(p: DistillParams, prompt: str, priors: PriorCache, work_dir: Path, key: str,
             stop_after: int | None = None, log: Callable[[str], None] | None = None) -> DistillResult:
-    """Optimise a representation for `prompt`. Checkpoints go to work_dir; a checkpoint of
-    the same key resumes. `stop_after` ends the call early (tests of resumption).
+    """Optimise a representation for `prompt` on the priors' device (`priors.device`, at
+    `priors.precision`). Checkpoints go to work_dir; a checkpoint of the same key resumes.
+    `stop_after` ends the call early (tests of resumption).
     Thread count and flush-denormal mode are the caller's (stages/_common.py sets them from
     `distill.threads` for the stage and for `dreamline generate`)."""
-    g = torch.Generator().manual_seed(p.seed)
-    rep = build_representation(p.representation_type, p.representation_config(), g)
+    device = priors.device
+    g = torch.Generator().manual_seed(p.seed)   # on the CPU, whatever the device
+    # Built on the CPU from `g` (the same initial parameters on every device), then moved;
+    # the parameters, and so the optimiser state, stay float32.
+    rep = build_representation(p.representation_type, p.representation_config(), g).to(device)
     terms = build_terms(p, priors)
     orthogonal = max((t.orthogonal_views for t in terms.values()), default=0)
     optimiser = torch.optim.Adam(rep.param_groups(), betas=(0.9, 0.99), eps=1e-15)
@@ -128,16 +147,17 @@ def distill(p: DistillParams, prompt: str, priors: PriorCache, work_dir: Path, k
     end = p.steps if stop_after is None else min(p.steps, stop_after)
     for step in range(start, end):
         progress = step / p.steps
-        views = sample_views(p.camera, p.views_per_step, orthogonal, p.resolution, g, p.shading.ambient)
+        views = sample_views(p.camera, p.views_per_step, orthogonal, p.resolution, g, p.shading.ambient,
+                             device=device)
         shading = pick_shading(shares, progress, p.shading.albedo_warmup_fraction, g)
         dirs = views.cams.rays()[1] if p.background == "mlp" else None
         bg = background_images(p.background, len(views.cams), p.resolution, p.resolution, g, dirs,
-                               getattr(rep, "background", None))
+                               getattr(rep, "background", None), device=device)
         out = rep.render(views.cams, shading, views.light, bg, generator=g,
                          need_normals=shading != "albedo")
         s = StepInput(out, views.cams, views.azimuth_deg, views.elevation_deg, prompt, step, p.steps, g)
         row = {"step": step + 1, "shading": shading}
-        total = torch.zeros(())
+        total = torch.zeros((), device=device)
         for name, term in terms.items():
             result = term(s)
             w = term.weight_at(progress)

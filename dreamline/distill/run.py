@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from dreamline.config import DistillParams
+from dreamline.device import describe
 from dreamline.distill.assets import STATE, write_assets
 from dreamline.distill.loop import PriorCache, distill, distill_key
 from dreamline.runinfo import read_run, record_run
@@ -37,13 +38,13 @@ def _last_mean(curve: list[dict], key: str, n: int = 20) -> float | None:
     return round(sum(values) / len(values), 6) if values else None
 
 
-def _reexport(p: DistillParams, old: dict, out_dir: Path, log) -> dict:
+def _reexport(p: DistillParams, old: dict, out_dir: Path, log, priors: PriorCache) -> dict:
     """Only the export settings changed: write the exports again from the saved state."""
     import csv
 
     from dreamline.distill.assets import load_asset
 
-    rep, prompt = load_asset(out_dir)
+    rep, prompt = load_asset(out_dir, device=priors.device)
     curve = []
     if (out_dir / "curve.csv").exists():
         with (out_dir / "curve.csv").open() as f:
@@ -54,7 +55,8 @@ def _reexport(p: DistillParams, old: dict, out_dir: Path, log) -> dict:
                "export": p.export.model_dump(mode="json")}
     write_summary(tmp, summary)
     record_run(tmp, "distill", {**read_run(out_dir).get("distill", {}),
-                                "export_seconds": round(time.perf_counter() - t0, 2)})
+                                "export_seconds": round(time.perf_counter() - t0, 2),
+                                "export_compute": describe(priors.device, priors.precision)})
     replace_folder(tmp, out_dir)
     if log:
         log(f"{old['slug']}: re-exported ({old['key']})")
@@ -64,10 +66,14 @@ def _reexport(p: DistillParams, old: dict, out_dir: Path, log) -> dict:
 def distill_prompt(p: DistillParams, slug: str, prompt: str, out_dir: Path, work_dir: Path,
                    priors: PriorCache | None = None, log: Callable[[str], None] | None = None,
                    stop_after: int | None = None) -> dict:
-    """data/distill/<slug>: skipped when its summary already has this run's key."""
+    """data/distill/<slug>: skipped when its summary already has this run's key. The work
+    runs on `priors.device` at `priors.precision` (a PriorCache on the CPU at fp32 when
+    None); the precision is part of the key, the device is not (and is recorded in the
+    untracked run.json only)."""
     check_models(p)
+    priors = priors or PriorCache()
     digests = {path: file_digest(path) for path in model_paths(p)}
-    key = distill_key(p, prompt, digests)
+    key = distill_key(p, prompt, digests, priors.precision)
     summary_path = out_dir / "summary.json"
     if summary_path.is_file():
         old = json.loads(summary_path.read_text())
@@ -79,9 +85,9 @@ def distill_prompt(p: DistillParams, slug: str, prompt: str, out_dir: Path, work
                 if log:
                     log(f"{slug}: up to date ({key})")
                 return old
-            return _reexport(p, old, out_dir, log)   # same asset, other export settings
+            return _reexport(p, old, out_dir, log, priors)   # same asset, other export settings
     work_dir.mkdir(parents=True, exist_ok=True)
-    result = distill(p, prompt, priors or PriorCache(), work_dir, key, stop_after=stop_after, log=log)
+    result = distill(p, prompt, priors, work_dir, key, stop_after=stop_after, log=log)
     if result.steps < p.steps:
         return {"slug": slug, "prompt": prompt, "key": key, "stopped_at": result.steps}
     t0 = time.perf_counter()
@@ -97,7 +103,8 @@ def distill_prompt(p: DistillParams, slug: str, prompt: str, out_dir: Path, work
     write_summary(tmp, summary)
     record_run(tmp, "distill", {"resumed_from": result.resumed_from, "distill_seconds": round(result.seconds, 2),
                                 "iterations_per_s": result.iterations_per_s,
-                                "export_seconds": round(time.perf_counter() - t0, 2)})
+                                "export_seconds": round(time.perf_counter() - t0, 2),
+                                **describe(priors.device, priors.precision)})
     replace_folder(tmp, out_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
     return summary

@@ -1,4 +1,7 @@
-"""Random cameras and lights for each distillation step, from one torch generator."""
+"""Random cameras and lights for each distillation step, from one torch generator.
+
+Every number is drawn on the CPU from the step's CPU generator (dreamline.device) and the
+finished views are moved to the device: every device sees the same cameras in a run."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from dreamline.config import DistillCameraParams
+from dreamline.device import rand, randn
 from dreamline.rendering.cameras import framing_distance, orbit_c2w
 from dreamline.representations.base import Cameras, Lighting
 
@@ -17,10 +21,16 @@ class Views:
     elevation_deg: torch.Tensor
     light: Lighting
 
+    def to(self, device: torch.device | None) -> "Views":
+        if device is None:
+            return self
+        return Views(self.cams.to(device), self.azimuth_deg.to(device), self.elevation_deg.to(device),
+                     self.light.to(device))
+
 
 def _uniform(lo_hi, n: int, g: torch.Generator) -> torch.Tensor:
     lo, hi = float(lo_hi[0]), float(lo_hi[1])
-    return lo + (hi - lo) * torch.rand(n, generator=g)
+    return lo + (hi - lo) * rand(n, g)
 
 
 def orbit_views(azimuths, elevations, fovs, distances, resolution: int) -> tuple[Cameras, torch.Tensor, torch.Tensor]:
@@ -31,9 +41,9 @@ def orbit_views(azimuths, elevations, fovs, distances, resolution: int) -> tuple
 
 
 def sample_views(p: DistillCameraParams, n: int, orthogonal: int, resolution: int,
-                 g: torch.Generator, ambient: float = 0.3) -> Views:
-    """n views. orthogonal = F > 0: sets of F azimuths 360/F apart sharing fov, elevation and
-    distance (MVDream); otherwise independent views (DreamFusion)."""
+                 g: torch.Generator, ambient: float = 0.3, device: torch.device | None = None) -> Views:
+    """n views on `device`. orthogonal = F > 0: sets of F azimuths 360/F apart sharing fov,
+    elevation and distance (MVDream); otherwise independent views (DreamFusion)."""
     if orthogonal:
         sets = max(1, n // orthogonal)
         start = _uniform((0.0, 360.0), sets, g)
@@ -50,20 +60,21 @@ def sample_views(p: DistillCameraParams, n: int, orthogonal: int, resolution: in
     cams, az, el = orbit_views(az, el, fov, dist, resolution)
     # DreamFusion: a point light near the camera, jittered so shading reveals shape.
     m = len(az)
-    jitter = 0.4 * torch.randn(m, 3, generator=g)
+    jitter = 0.4 * randn((m, 3), g)
     direction = cams.positions / cams.positions.norm(dim=-1, keepdim=True) + jitter
     direction = direction / direction.norm(dim=-1, keepdim=True)
     light_dist = _uniform(p.light_distance, m, g) * dist
-    return Views(cams, az, el, Lighting(direction * light_dist[:, None], ambient=ambient, diffuse=1.0 - ambient))
+    views = Views(cams, az, el, Lighting(direction * light_dist[:, None], ambient=ambient, diffuse=1.0 - ambient))
+    return views.to(device)
 
 
 def fixed_views(azimuths, elevation: float, fov: float, radius: float, resolution: int,
-                ambient: float = 0.3) -> Views:
-    """Deterministic orbit views (exports, evaluation) with a headlight."""
+                ambient: float = 0.3, device: torch.device | None = None) -> Views:
+    """Deterministic orbit views (exports, evaluation) with a headlight, on `device`."""
     n = len(azimuths)
     d = framing_distance(fov, radius)
     cams, az, el = orbit_views(list(azimuths), [elevation] * n, [fov] * n, [d] * n, resolution)
-    return Views(cams, az, el, Lighting(cams.positions * 1.0, ambient=ambient, diffuse=1.0 - ambient))
+    return Views(cams, az, el, Lighting(cams.positions * 1.0, ambient=ambient, diffuse=1.0 - ambient)).to(device)
 
 
 def pick_shading(shares: dict[str, float], progress: float, warmup: float, g: torch.Generator) -> str:

@@ -38,15 +38,17 @@ class AssetViews:
 
 @torch.no_grad()
 def render_asset(rep, n_views: int, elevation: float, resolution: int, radius: float) -> AssetViews:
+    """Rendered on the representation's device; what comes back is on the CPU."""
     az = azimuth_ring(n_views)
-    views = fixed_views(az, elevation, FOV, radius, resolution)
-    white = torch.ones(n_views, 3, resolution, resolution)
-    colour = rep.render(views.cams, "lambertian", views.light, white).rgb.clamp(0, 1)
-    geo = rep.render(views.cams, "textureless", views.light, white).rgb.clamp(0, 1)
+    device = rep.device
+    views = fixed_views(az, elevation, FOV, radius, resolution, device=device)
+    white = torch.ones(n_views, 3, resolution, resolution, device=device)
+    colour = rep.render(views.cams, "lambertian", views.light, white).rgb.clamp(0, 1).cpu()
+    geo = rep.render(views.cams, "textureless", views.light, white).rgb.clamp(0, 1).cpu()
     flat = rep.render(views.cams, "albedo", None, torch.zeros_like(white), need_normals=False)
-    opacity = flat.opacity[:, 0].numpy()
-    depth = np.where(opacity > 0.5, flat.depth[:, 0].numpy() / np.maximum(opacity, 1e-6), 0.0)
-    albedo = (flat.rgb / flat.opacity.clamp_min(1e-6)).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    opacity = flat.opacity[:, 0].cpu().numpy()
+    depth = np.where(opacity > 0.5, flat.depth[:, 0].cpu().numpy() / np.maximum(opacity, 1e-6), 0.0)
+    albedo = (flat.rgb / flat.opacity.clamp_min(1e-6)).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
     d = float(views.cams.positions[0].norm())
     cams = [Camera.orbit(a, elevation, d, FOV, resolution) for a in az]
     return AssetViews(az, colour, geo, albedo, depth, cams)

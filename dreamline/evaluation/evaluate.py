@@ -1,7 +1,12 @@
 """The `evaluate` stage's work: R-precision (colour and geo) of distilled assets with the
 real test renders as the ceiling row, multi-view consistency and the Janus proxy, and the
 image quality (FID / IS / CLIP score) of each model's samples. Every aggregate carries its
-sample count and a bootstrap interval over independent units (objects, assets, captions)."""
+sample count and a bootstrap interval over independent units (objects, assets, captions).
+
+Everything torch runs on `device` at `precision` (params `compute`, resolved by the flow):
+assets render there in float32, the evaluator and the sampling pipelines are frozen models
+stored in `frozen_dtype(precision)` and run under autocast; samples are drawn from CPU
+generators. The device is recorded in the untracked run.json only."""
 from __future__ import annotations
 
 import json
@@ -54,14 +59,15 @@ def asset_folders(*roots: Path) -> list[Path]:
 
 
 def evaluate_assets(p: EvaluateParams, evaluator, folders: list[Path], texts: list[str], text_emb: np.ndarray,
-                    grids: Path, radius: float) -> list[dict]:
-    """Per asset: ranks of its prompt (colour and geo renders), consistency PSNR, Janus score."""
+                    grids: Path, radius: float, device: torch.device | str | None = None) -> list[dict]:
+    """Per asset: ranks of its prompt (colour and geo renders), consistency PSNR, Janus score.
+    Assets are rendered on `device` (float32: a representation is never cast)."""
     from dreamline.distill.assets import load_asset
 
     index = {t: i for i, t in enumerate(texts)}
     rows = []
     for folder in folders:
-        rep, prompt = load_asset(folder)
+        rep, prompt = load_asset(folder, device=device)
         summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").exists() else {}
         views = render_asset(rep, p.azimuths, p.elevation_deg, p.resolution, radius)
         row = {"asset": str(folder), "prompt": prompt, "guidance_type": summary.get("guidance_type"),
@@ -100,9 +106,16 @@ def summarise_assets(rows: list[dict], p: EvaluateParams) -> dict:
 
 
 def image_quality(p: EvaluateParams, evaluator, real_images: torch.Tensor, captions: list[str],
-                  features: EfficientNetLite0, grids: Path) -> dict:
-    """FID and IS on EfficientNet-Lite0 features / posteriors, CLIP score with the evaluator."""
+                  features: EfficientNetLite0, grids: Path, device: torch.device | str | None = None,
+                  precision: str = "fp32") -> dict:
+    """FID and IS on EfficientNet-Lite0 features / posteriors, CLIP score with the evaluator.
+    Each model samples on `device`, stored in frozen_dtype(precision) under autocast, from a
+    CPU generator (the same initial noise on every device)."""
+    from dreamline.device import autocast
+    from dreamline.models.sampling import place
     from dreamline.training.common import load_base_pipeline, orbit_cameras
+
+    device = torch.device(device or "cpu")
 
     q = p.image_quality
     real_feats, real_probs = features(real_images)
@@ -110,7 +123,7 @@ def image_quality(p: EvaluateParams, evaluator, real_images: torch.Tensor, capti
     cap_emb = evaluator.embed_texts(caps)
     out = {"real": {"n": int(len(real_images)), "IS": round(inception_score(real_probs)[0], 4)}}
     for name, path in q.models.items():
-        pipe = load_base_pipeline(path)
+        pipe = place(load_base_pipeline(path), device, precision)
         pipe.set_progress_bar_config(disable=True)
         views = 4
         # Every model gives 4 images per caption (4 views, or 4 seeds without cameras): FID is
@@ -118,8 +131,9 @@ def image_quality(p: EvaluateParams, evaluator, real_images: torch.Tensor, capti
         cams = orbit_cameras(views, 15.0, 2.0) if pipe.unet.class_embedding is not None else None
         prompts = caps if cams is not None else [c for c in caps for _ in range(views)]
         g = torch.Generator().manual_seed(q.seed)
-        images = pipe(prompts, cameras=cams, num_inference_steps=q.steps, guidance_scale=q.guidance_scale,
-                      generator=g, output_type="pt").images
+        with autocast(device, precision):
+            images = pipe(prompts, cameras=cams, num_inference_steps=q.steps, guidance_scale=q.guidance_scale,
+                          generator=g, output_type="pt").images.float()
         feats, probs = features(images)
         emb = evaluator.embed_images(images)
         per_caption = clip_score(emb, np.repeat(cap_emb, views, axis=0)).reshape(len(caps), views).mean(1)
@@ -133,9 +147,12 @@ def image_quality(p: EvaluateParams, evaluator, real_images: torch.Tensor, capti
 
 
 def evaluate(p: EvaluateParams, renders: Path, captions: Path, asset_roots: list[Path], out_dir: Path,
-             radius: float, log=print) -> dict:
+             radius: float, log=print, device: torch.device | str | None = None, precision: str = "fp32") -> dict:
+    from dreamline.device import describe
+
     t0 = time.perf_counter()
-    evaluator = load_evaluator(p.evaluator)
+    device = torch.device(device or "cpu")
+    evaluator = load_evaluator(p.evaluator, device, precision)
     folders = asset_folders(*asset_roots)
     prompts = sorted({json.loads((f / "summary.json").read_text())["prompt"] for f in folders
                       if (f / "summary.json").exists()})
@@ -152,16 +169,18 @@ def evaluate(p: EvaluateParams, renders: Path, captions: Path, asset_roots: list
     metrics = {"evaluator": evaluator.name, "feature_net": FEATURE_NET,
                "r_precision": {"real_test": _rp_row(real_emb, text_emb, rows["caption"].map(index).to_numpy(),
                                                     rows["uid"].to_numpy(), p)}}
-    asset_rows = evaluate_assets(p, evaluator, folders, texts, text_emb, out_dir / "grids", radius)
+    asset_rows = evaluate_assets(p, evaluator, folders, texts, text_emb, out_dir / "grids", radius, device)
     groups: dict[str, list[dict]] = {}
     for r in asset_rows:
         source = "ablation" if "ablation" in Path(r["asset"]).parts else "distill"
         groups.setdefault(f"{source}:{r['guidance_type']}", []).append(r)
     metrics["assets"] = {name: summarise_assets(g, p) for name, g in sorted(groups.items())}
     # The LiT evaluator's image tower is the FID/IS feature net: load it once.
-    features = evaluator.images if isinstance(getattr(evaluator, "images", None), EfficientNetLite0) else EfficientNetLite0()
-    metrics["image_quality"] = image_quality(p, evaluator, images, test_captions, features, out_dir / "grids")
+    features = (evaluator.images if isinstance(getattr(evaluator, "images", None), EfficientNetLite0)
+                else EfficientNetLite0(device=device, precision=precision))
+    metrics["image_quality"] = image_quality(p, evaluator, images, test_captions, features, out_dir / "grids",
+                                             device, precision)
     from dreamline.runinfo import record_run
 
-    record_run(out_dir, "evaluate", {"seconds": round(time.perf_counter() - t0, 1)})
+    record_run(out_dir, "evaluate", {"seconds": round(time.perf_counter() - t0, 1), **describe(device, precision)})
     return metrics, asset_rows

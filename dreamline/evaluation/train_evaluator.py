@@ -31,9 +31,16 @@ def _retrieval(img_emb: np.ndarray, rows, texts: list[str], text_emb: np.ndarray
     return r_precision(img_emb, text_emb, np.array([index[c] for c in rows["caption"]]))
 
 
-def train_evaluator(p: EvaluatorParams, renders: Path, captions: Path, out_dir: Path, log=print) -> dict:
+def train_evaluator(p: EvaluatorParams, renders: Path, captions: Path, out_dir: Path, log=print,
+                    device: torch.device | str | None = None, precision: str = "fp32") -> dict:
+    """Frozen towers on `device` in frozen_dtype(precision), float32 heads trained under
+    autocast; the device goes to the untracked run.json only."""
+    from dreamline.device import describe
+
     t0 = time.perf_counter()
-    towers_img, towers_txt = EfficientNetLite0(p.image_size), MiniLMSentences()
+    device = torch.device(device or "cpu")
+    towers_img = EfficientNetLite0(p.image_size, device, precision)
+    towers_txt = MiniLMSentences(device=device, precision=precision)
     splits = {}
     for split in ("train", "val"):
         rows, images = real_views(renders, captions, p.render_resolution, split)
@@ -44,15 +51,15 @@ def train_evaluator(p: EvaluatorParams, renders: Path, captions: Path, out_dir: 
     rows, feats, texts, text_feats = splits["train"]
     caption_id = np.array([texts.index(c) for c in rows["caption"]])
     heads, curve = train_heads(feats, text_feats, caption_id, rows["uid"].to_numpy(), p.dim, p.steps,
-                               p.batch_size, p.lr, p.seed)
+                               p.batch_size, p.lr, p.seed, device=device, precision=precision)
     name = f"lit-minilm-effnetlite0:{renders_digest(renders)[:8]}"
-    evaluator = LiTEvaluator(heads, p.image_size, name, towers=(towers_img, towers_txt))
+    evaluator = LiTEvaluator(heads, p.image_size, name, towers=(towers_img, towers_txt), device=device,
+                             precision=precision)
 
     heldout = {}
     for split, (rows_s, feats_s, texts_s, tfeats_s) in splits.items():
         img_emb = evaluator.embed_image_features(feats_s)
-        with torch.no_grad():
-            txt_emb = torch.nn.functional.normalize(heads.text(torch.from_numpy(tfeats_s).float()), dim=-1).numpy()
+        txt_emb = evaluator.embed_text_features(tfeats_s)
         scores = _retrieval(img_emb, rows_s, texts_s, txt_emb)
         scores["chance_R@1"] = round(1.0 / len(texts_s), 5)
         heldout[split] = scores
@@ -63,7 +70,8 @@ def train_evaluator(p: EvaluatorParams, renders: Path, captions: Path, out_dir: 
     write_summary(tmp, summary)
     from dreamline.runinfo import record_run
 
-    record_run(tmp, "train_evaluator", {"seconds": round(time.perf_counter() - t0, 2)})
+    record_run(tmp, "train_evaluator", {"seconds": round(time.perf_counter() - t0, 2),
+                                        **describe(device, precision)})
     replace_folder(tmp, out_dir)
     log(f"evaluator {name}: val R@1 {heldout['val']['R@1']:.3f} (chance {heldout['val']['chance_R@1']:.3f})")
     return summary

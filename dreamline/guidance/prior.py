@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dreamline.device import autocast, frozen_dtype
 from dreamline.models.camera_input import camera_input
 from dreamline.models.codec import to_latent
-from dreamline.models.sampling import classifier_free_guidance
+from dreamline.models.sampling import classifier_free_guidance, place
 from dreamline.models.text import TextCache
 from dreamline.models.unet import has_camera, is_multiview
 
@@ -27,13 +28,22 @@ class Prediction:
 
 
 class DiffusionPrior:
-    def __init__(self, pipe, name: str = ""):
+    """Frozen: the UNet, autoencoder and text encoder are stored on `device` in
+    `frozen_dtype(precision)` and run under autocast; what comes back is float32."""
+
+    def __init__(self, pipe, name: str = "", device: torch.device | str | None = None,
+                 precision: str = "fp32"):
         self.name = name
         self.pipe = pipe
+        self.device = torch.device(device) if device is not None else pipe.unet.device
+        self.precision = precision
+        self.dtype = frozen_dtype(precision)
+        for part in (pipe.unet, pipe.vae, pipe.text_encoder):
+            place(part, self.device, precision)
         self.unet = pipe.unet.eval().requires_grad_(False)
         self.vae = pipe.vae
         self.text = TextCache(pipe.text_encoder, pipe.tokenizer, pipe.config.max_tokens)
-        self.alphas_cumprod = pipe.scheduler.alphas_cumprod.float()
+        self.alphas_cumprod = pipe.scheduler.alphas_cumprod.float().to(self.device)
         self.num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
         self.prediction_type = pipe.scheduler.config.prediction_type
         self.uses_cameras = has_camera(self.unet)
@@ -44,10 +54,10 @@ class DiffusionPrior:
         self.resolution = pixel_resolution(pipe)
 
     @classmethod
-    def load(cls, path: str) -> "DiffusionPrior":
+    def load(cls, path: str, device: torch.device | str | None = None, precision: str = "fp32") -> "DiffusionPrior":
         from dreamline.training.common import load_base_pipeline
 
-        return cls(load_base_pipeline(path), name=str(path))
+        return cls(load_base_pipeline(path), name=str(path), device=device, precision=precision)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images (N, 3, H, W) in [0, 1] -> model space, resized to the model's resolution
@@ -55,7 +65,11 @@ class DiffusionPrior:
         if images.shape[-1] != self.resolution or images.shape[-2] != self.resolution:
             images = F.interpolate(images, size=(self.resolution, self.resolution), mode="bilinear",
                                    align_corners=False, antialias=True)
-        return to_latent(self.vae, images * 2.0 - 1.0)
+        x = images * 2.0 - 1.0
+        if self.dtype == torch.float32:
+            return to_latent(self.vae, x)
+        with autocast(self.device, self.precision):
+            return to_latent(self.vae, x.to(self.dtype)).float()
 
     def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
         return self.alphas_cumprod[t.long()].reshape(-1, 1, 1, 1)
@@ -77,13 +91,17 @@ class DiffusionPrior:
     def raw(self, z_t: torch.Tensor, t: torch.Tensor, texts: list[str], cameras: torch.Tensor | None,
             num_views: int) -> torch.Tensor:
         """The UNet's prediction for len(texts) == len(z_t) inputs."""
-        states, mask = self.text(texts)
+        states, mask = self.text(texts, device=self.device)
+        z_t, states = z_t.to(self.dtype), states.to(self.dtype)
         kwargs = {}
         if self.multiview:
             kwargs["cross_attention_kwargs"] = {"num_views": num_views}
         labels = camera_input(cameras, self.camera_convention) if self.uses_cameras else None
-        return self.unet(z_t, t, encoder_hidden_states=states, encoder_attention_mask=mask,
-                         class_labels=labels, **kwargs).sample.float()
+        if labels is not None:
+            labels = labels.to(self.dtype)
+        with autocast(self.device, self.precision):
+            return self.unet(z_t, t, encoder_hidden_states=states, encoder_attention_mask=mask,
+                             class_labels=labels, **kwargs).sample.float()
 
     @torch.no_grad()
     def eps(self, z_t: torch.Tensor, t: torch.Tensor, texts: list[str], cameras=None,

@@ -2,7 +2,9 @@
 
 A term sees one optimisation step (`StepInput`: the renders, their cameras, the prompt and
 the run's progress) and returns its loss; the distillation loop sums the terms' losses times
-their weights. Terms draw all randomness from the step's generator (same seed, same run).
+their weights. Terms draw all randomness from the step's generator (same seed, same run): a
+CPU generator, whose draws dreamline.device moves to the renders' device, so every device
+draws the same numbers in the same order.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dreamline.device import randint, randn
 from dreamline.guidance import scores
 from dreamline.guidance.configs import GUIDANCES, AGPGuidanceParams, ISMParams, MVSDSParams, SDSParams
 from dreamline.guidance.prior import DiffusionPrior
@@ -47,10 +50,11 @@ class Guidance:
     def __call__(self, s: StepInput) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def _timesteps(self, lo: float, hi: float, n: int, g: torch.Generator) -> torch.Tensor:
+    def _timesteps(self, lo: float, hi: float, n: int, g: torch.Generator,
+                   device: torch.device | None = None) -> torch.Tensor:
         T = self.prior.num_train_timesteps
         a, b = int(lo * T), max(int(lo * T) + 1, int(hi * T) + 1)
-        return torch.randint(a, min(b, T), (n,), generator=g)
+        return randint(a, min(b, T), (n,), g, device)
 
     def _cameras(self, s: StepInput) -> torch.Tensor | None:
         return s.cams.flat16() if self.prior.uses_cameras else None
@@ -91,8 +95,8 @@ class SDS(Guidance):
 
     def __call__(self, s: StepInput) -> dict[str, torch.Tensor]:
         z = self.prior.encode(s.out.rgb)
-        t = self._timesteps(*self.c.t_range, z.shape[0], s.generator)
-        noise = torch.randn(z.shape, generator=s.generator)
+        t = self._timesteps(*self.c.t_range, z.shape[0], s.generator, z.device)
+        noise = randn(z.shape, s.generator, z.device)
         z_t = self.prior.add_noise(z.detach(), noise, t)
         eps = text_guided_eps(self.prior, self.c, s, z_t, t, self._cameras(s))
         grad = scores.sds_grad(eps, noise, scores.weight(self.prior.alpha_bar(t), self.c.weighting))
@@ -115,8 +119,8 @@ class MultiViewSDS(Guidance):
             raise ValueError(f"mv-sds needs a multiple of {f} views, got {z.shape[0]}")
         frac = s.progress / c.anneal_fraction
         lo, hi = sorted((scores.linear(*c.min_step, frac), scores.linear(*c.max_step, frac)))
-        t = self._timesteps(lo, hi, z.shape[0] // f, s.generator).repeat_interleave(f)
-        noise = torch.randn(z.shape, generator=s.generator)
+        t = self._timesteps(lo, hi, z.shape[0] // f, s.generator, z.device).repeat_interleave(f)
+        noise = randn(z.shape, s.generator, z.device)
         z_t = self.prior.add_noise(z.detach(), noise, t)
         n = z.shape[0]
         pred = self.prior.guided(z_t, t, [s.prompt] * n, [c.negative_prompt] * n, c.guidance_scale,
@@ -137,10 +141,10 @@ class ISM(Guidance):
         x = z.detach()
         taus = scores.inversion_timesteps(s_t, self.c.inversion_steps)
         for a, b in zip(taus[:-1], taus[1:]):
-            ta = torch.full((n,), a, dtype=torch.long)
+            ta = torch.full((n,), a, dtype=torch.long, device=z.device)
             eps = prior.eps(x, ta, empty, cameras)
-            x = scores.ddim_step(x, eps, prior.alpha_bar(ta), prior.alpha_bar(torch.full((n,), b)))
-        ts = torch.full((n,), s_t, dtype=torch.long)
+            x = scores.ddim_step(x, eps, prior.alpha_bar(ta), prior.alpha_bar(torch.full((n,), b, device=z.device)))
+        ts = torch.full((n,), s_t, dtype=torch.long, device=z.device)
         return x, prior.eps(x, ts, empty, cameras)
 
     def __call__(self, s: StepInput) -> dict[str, torch.Tensor]:
@@ -151,12 +155,12 @@ class ISM(Guidance):
         dt = int(round(scores.linear(c.delta_t_start, c.delta_t, s.progress)))
         lo = max(int(c.t_range[0] * T), dt)
         hi = max(lo, int(c.t_range[1] * T))
-        t_val = int(torch.randint(lo, hi + 1, (1,), generator=s.generator))
+        t_val = int(randint(lo, hi + 1, (1,), s.generator))
         s_val = max(t_val - dt, 0)
         cameras = self._cameras(s)
         x_s, eps_s = self.invert(z, s_val, cameras)
-        t = torch.full((n,), t_val, dtype=torch.long)
-        x_t = scores.ddim_step(x_s, eps_s, prior.alpha_bar(torch.full((n,), s_val)), prior.alpha_bar(t))
+        t = torch.full((n,), t_val, dtype=torch.long, device=z.device)
+        x_t = scores.ddim_step(x_s, eps_s, prior.alpha_bar(torch.full((n,), s_val, device=z.device)), prior.alpha_bar(t))
         eps_t = text_guided_eps(prior, c, s, x_t, t, cameras)
         grad = scores.ism_grad(eps_t, eps_s, scores.weight(prior.alpha_bar(t), c.weighting))
         return {"loss": scores.surrogate_loss(z, grad), "t": t.float().mean()}
@@ -173,8 +177,8 @@ class AGP(Guidance):
     def __call__(self, s: StepInput) -> dict[str, torch.Tensor]:
         c = self.c
         z = self.prior.encode(s.out.ccm)
-        t = self._timesteps(*c.t_range, z.shape[0], s.generator)
-        noise = torch.randn(z.shape, generator=s.generator)
+        t = self._timesteps(*c.t_range, z.shape[0], s.generator, z.device)
+        noise = randn(z.shape, s.generator, z.device)
         z_t = self.prior.add_noise(z.detach(), noise, t)
         n = z.shape[0]
         pred = self.prior.guided(z_t, t, [s.prompt] * n, [""] * n, c.guidance_scale, self._cameras(s))

@@ -112,3 +112,13 @@ def ddim_step(x: torch.Tensor, eps: torch.Tensor, ab_from: torch.Tensor, ab_to: 
     two levels (broadcast against x: per sample, unlike a scheduler's single timestep)."""
     x0 = (x - (1.0 - ab_from).sqrt() * eps) / ab_from.sqrt()
     return ab_to.sqrt() * x0 + (1.0 - ab_to).sqrt() * eps
+
+
+def place(model, device, precision: str = "fp32"):
+    """A frozen model or pipeline (anything with ``.to``) on `device`, stored in
+    ``dreamline.device.frozen_dtype(precision)``; returns it. At fp32 only the device is set
+    (the weights are float32 already, and diffusers warns on any dtype passed to ``.to``)."""
+    from dreamline.device import frozen_dtype
+
+    model = model.to(device)
+    return model if precision == "fp32" else model.to(frozen_dtype(precision))

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from dreamline.device import rand
 from dreamline.representations.configs import REPRESENTATIONS  # noqa: F401 (re-export)
 
 SHADINGS = ("albedo", "lambertian", "textureless")
@@ -33,6 +34,16 @@ class Cameras:
         fov = torch.as_tensor(np.asarray(fov_deg, dtype=np.float32)).reshape(-1).expand(c2w.shape[0])
         return cls(c2w, fov.clone(), int(height), int(width or height))
 
+    def to(self, device: torch.device | str | None) -> "Cameras":
+        """These cameras with their tensors on `device` (None: as they are)."""
+        if device is None:
+            return self
+        return Cameras(self.c2w.to(device), self.fov_deg.to(device), self.height, self.width)
+
+    @property
+    def device(self) -> torch.device:
+        return self.c2w.device
+
     def flat16(self) -> torch.Tensor:
         """(N, 16) row-major c2w: the camera conditioning of the multi-view and AGP models."""
         return self.c2w.reshape(-1, 16)
@@ -46,8 +57,8 @@ class Cameras:
 
     def rays(self) -> tuple[torch.Tensor, torch.Tensor]:
         """World-space origins and unit directions, (N, H, W, 3), through pixel centres."""
-        j = torch.arange(self.width, dtype=torch.float32) + 0.5
-        i = torch.arange(self.height, dtype=torch.float32) + 0.5
+        j = torch.arange(self.width, dtype=torch.float32, device=self.device) + 0.5
+        i = torch.arange(self.height, dtype=torch.float32, device=self.device) + 0.5
         f = self.focal().reshape(-1, 1, 1)
         x = (j.reshape(1, 1, -1) - self.width / 2.0) / f
         y = -(i.reshape(1, -1, 1) - self.height / 2.0) / f
@@ -70,6 +81,9 @@ class Lighting:
     position: torch.Tensor     # (N, 3) world
     ambient: float = 0.1
     diffuse: float = 0.9
+
+    def to(self, device: torch.device | str | None) -> "Lighting":
+        return self if device is None else Lighting(self.position.to(device), self.ambient, self.diffuse)
 
 
 @dataclass
@@ -115,13 +129,15 @@ def orientation_penalty(weights: torch.Tensor, normals: torch.Tensor, view_dirs:
 
 
 def background_images(kind: str, n: int, height: int, width: int, generator: torch.Generator,
-                      dirs: torch.Tensor | None = None, mlp: torch.nn.Module | None = None) -> torch.Tensor:
+                      dirs: torch.Tensor | None = None, mlp: torch.nn.Module | None = None,
+                      device: torch.device | None = None) -> torch.Tensor:
     """(N, 3, H, W) backgrounds: white (the priors' training background), a random colour
-    per view (MVDream), or DreamFusion's learned environment MLP of the ray direction."""
+    per view (MVDream), or DreamFusion's learned environment MLP of the ray direction.
+    On `device`; random colours are drawn from the CPU `generator` (dreamline.device)."""
     if kind == "white":
-        return torch.ones(n, 3, height, width)
+        return torch.ones(n, 3, height, width, device=device)
     if kind == "random":
-        return torch.rand(n, 3, 1, 1, generator=generator).expand(n, 3, height, width)
+        return rand((n, 3, 1, 1), generator, device).expand(n, 3, height, width)
     if kind == "mlp":
         if mlp is None or dirs is None:
             raise ValueError("background 'mlp' needs the background network and ray directions")
@@ -163,6 +179,11 @@ class Representation(torch.nn.Module):
 
     bound: float
 
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters (and so the renders) are."""
+        return next(self.parameters()).device
+
     def render(self, cams: Cameras, shading: str, light: Lighting | None, background: torch.Tensor,
                generator: torch.Generator | None = None, need_normals: bool = True) -> RenderOutput:
         """`generator` jitters samples (training); None renders deterministically."""
@@ -186,9 +207,9 @@ class Representation(torch.nn.Module):
         """Hook after each optimiser step (pruning, clamping)."""
 
 
-def grid_points(resolution: int, bound: float) -> torch.Tensor:
+def grid_points(resolution: int, bound: float, device: torch.device | None = None) -> torch.Tensor:
     """(R, R, R, 3) cell centres of an R^3 grid over [-bound, bound]^3, indexed [x, y, z]."""
-    c = (torch.arange(resolution, dtype=torch.float32) + 0.5) / resolution * 2 * bound - bound
+    c = (torch.arange(resolution, dtype=torch.float32, device=device) + 0.5) / resolution * 2 * bound - bound
     x, y, z = torch.meshgrid(c, c, c, indexing="ij")
     return torch.stack([x, y, z], dim=-1)
 

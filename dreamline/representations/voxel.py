@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dreamline.device import rand
 from dreamline.representations.configs import VoxelParams
 from dreamline.representations.base import (
     REPRESENTATIONS, BackgroundMLP, Cameras, Lighting, Representation, RenderOutput, canonical,
@@ -67,8 +68,9 @@ class VoxelField(Representation):
             sigma = F.softplus(self.density + self.blob)[0, 0]
             occupied = (sigma > self.p.mesh_threshold).nonzero()
             if len(occupied) == 0:
-                return torch.full((3,), -self.bound), torch.full((3,), self.bound)
-            pts = grid_points(self.p.resolution, self.bound).permute(2, 1, 0, 3)
+                return (torch.full((3,), -self.bound, device=sigma.device),
+                        torch.full((3,), self.bound, device=sigma.device))
+            pts = grid_points(self.p.resolution, self.bound, sigma.device).permute(2, 1, 0, 3)
             inside = pts[occupied[:, 0], occupied[:, 1], occupied[:, 2]]
             half = self.bound / self.p.resolution
             return inside.min(0).values - half, inside.max(0).values + half
@@ -76,7 +78,11 @@ class VoxelField(Representation):
     def render(self, cams: Cameras, shading: str, light: Lighting | None, background: torch.Tensor,
                generator: torch.Generator | None = None, need_normals: bool = True) -> RenderOutput:
         """`need_normals=False` with albedo shading skips normals (the orientation penalty
-        and the normal image are then zero)."""
+        and the normal image are then zero). The sample jitter is drawn from the CPU
+        `generator` (dreamline.device) and moved to the field's device."""
+        device = self.density.device
+        cams = cams.to(device)
+        light = light.to(device) if light is not None else None
         origins, dirs = cams.rays()
         n, h, w, _ = dirs.shape
         s = self.p.samples_per_ray
@@ -87,9 +93,9 @@ class VoxelField(Representation):
         near = (-b - disc).clamp_min(0.0)
         far = (-b + disc).clamp_min(0.0)
         span = far - near                               # 0 for rays missing the sphere
-        offset = (torch.rand(n, h, w, s, generator=generator) if generator is not None
-                  else torch.full((n, h, w, s), 0.5))   # stratified while training
-        t = near[..., None] + span[..., None] * (torch.arange(s, dtype=torch.float32) + offset) / s
+        offset = (rand((n, h, w, s), generator, device) if generator is not None
+                  else torch.full((n, h, w, s), 0.5, device=device))   # stratified while training
+        t = near[..., None] + span[..., None] * (torch.arange(s, dtype=torch.float32, device=device) + offset) / s
         delta = (span / s)[..., None].expand(n, h, w, s)
         points = origins[..., None, :] + dirs[..., None, :] * t[..., None]
 
@@ -124,17 +130,17 @@ class VoxelField(Representation):
 
         opacity = img(acc)
         return RenderOutput(
-            rgb=img(rgb) + (1.0 - opacity) * background, opacity=opacity, depth=img(depth),
+            rgb=img(rgb) + (1.0 - opacity) * background.to(device), opacity=opacity, depth=img(depth),
             normal=img(normal), ccm=img(ccm),
             orientation=(orientation_penalty(weights, normals, dirs) if normals is not None
-                         else torch.zeros(())))
+                         else torch.zeros((), device=device)))
 
     @torch.no_grad()
     def density_on_grid(self, resolution: int) -> np.ndarray:
-        pts = grid_points(resolution, self.bound)              # [x, y, z, 3]
+        pts = grid_points(resolution, self.bound, self.density.device)   # [x, y, z, 3]
         raw = self._sample(self._field()[:, :1], pts.reshape(-1, 3))
-        return F.softplus(raw).reshape(resolution, resolution, resolution).numpy()
+        return F.softplus(raw).reshape(resolution, resolution, resolution).cpu().numpy()
 
     @torch.no_grad()
     def albedo_at(self, points: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self._sample(self.albedo, points.float()))
+        return torch.sigmoid(self._sample(self.albedo, points.float().to(self.albedo.device)))

@@ -136,13 +136,14 @@ class CAAModel(ModelMixin, ConfigMixin):
             by_size, num_views = self._context
             if isinstance(output, tuple):          # down block: (hidden, skip states); the last skip IS hidden
                 hidden, skips = output
-                new = self._apply(caa, hidden, by_size, num_views)
+                new = self._run_block(caa, hidden, by_size, num_views)
                 return new, tuple(skips[:-1]) + (new,)
-            return self._apply(caa, output, by_size, num_views)
+            return self._run_block(caa, output, by_size, num_views)
         return hook
 
     @staticmethod
-    def _apply(caa, hidden, by_size, num_views):
+    def _run_block(caa, hidden, by_size, num_views):
+        # Not `_apply`: that name is torch.nn.Module's (what .to() / .half() go through).
         size = tuple(hidden.shape[-2:])
         if size not in by_size:
             raise KeyError(f"no correspondences at {size[0]}x{size[1]} (have {sorted(by_size)})")

@@ -14,6 +14,12 @@ Distilled shapes (the distill stage's `mesh.glb`, their prompt as the prompt) ar
 the same way; their R-precision rows compare the MVDiffusion texture with the colours the
 distillation gave the asset and with the grey shape, against the test captions plus the
 distillation prompts.
+
+Device and precision are arguments (params `compute`, resolved by the flow): the MVDiffusion
+pipeline and the evaluator are frozen, stored on the device in `frozen_dtype(precision)` and
+run under autocast; the initial noise comes from a CPU generator seeded with `seed`, so
+every device starts from the same noise. Baking and the GL renders stay on the CPU (numpy,
+OSMesa). The device is recorded in the untracked run.json only.
 """
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ import pandas as pd
 import torch
 
 from dreamline.config import TextureParams
+from dreamline.device import autocast, describe
+from dreamline.models.sampling import place
 from dreamline.models.weights import load_pretrained
 from dreamline.paths import confine
 from dreamline.runinfo import record_run
@@ -64,11 +72,13 @@ def _renders(mesh, cams, colours: bool) -> np.ndarray:
     return torch.from_numpy(rgb).permute(0, 3, 1, 2)
 
 
-def texture_object(pipe, mesh, prompt: str, p: TextureParams, out: Path, reference: str) -> tuple[dict, dict, dict]:
+def texture_object(pipe, mesh, prompt: str, p: TextureParams, out: Path, reference: str,
+                   precision: str = "fp32") -> tuple[dict, dict, dict]:
     """Generate the views (with CAA and each alone), bake the CAA views, write the GLB and load
     it back. Returns the row (PSNRs, coverage, glb), the masked views by variant, and the
     evaluation renders of the GLB as loaded ("textured"), the mesh with the colours it came
-    with (`reference`) and the grey shape ("untextured")."""
+    with (`reference`) and the grey shape ("untextured"). The pipeline runs where it is
+    (its device), autocast to `precision`."""
     import trimesh
 
     from dreamline.models.grid import grid_image
@@ -80,8 +90,9 @@ def texture_object(pipe, mesh, prompt: str, p: TextureParams, out: Path, referen
     cams = orbit(p.views, p.elevation_deg, p.fov_deg, p.resolution, radius)
     depths = np.stack([b.depth for b in render_object(mesh, cams)]).astype(np.float64)
     kw = dict(num_inference_steps=p.steps, guidance_scale=p.guidance_scale, output_type="np")
-    images = {name: pipe(prompt, depths, cams, use_caa=use, generator=torch.Generator().manual_seed(p.seed), **kw).images
-              for name, use in (("caa", True), ("independent", False))}
+    with autocast(pipe.device, precision):
+        images = {name: pipe(prompt, depths, cams, use_caa=use, generator=torch.Generator().manual_seed(p.seed),
+                             **kw).images for name, use in (("caa", True), ("independent", False))}
     row = {"prompt": prompt}
     for name, im in images.items():
         masked = np.where(depths[..., None] > 0, im, 1.0)          # the object only, over white
@@ -145,7 +156,7 @@ def _psnr_summary(rows: list[dict], p: TextureParams) -> dict:
 
 
 def texture_distilled(pipe, p: TextureParams, folders: list[tuple[Path, str]], out_dir: Path, evaluator,
-                      texts: list[str], log=print) -> dict:
+                      texts: list[str], log=print, precision: str = "fp32") -> dict:
     """Texture each distilled shape with its prompt; PSNR table and R-precision of its renders
     (MVDiffusion texture vs the distillation's own colours vs grey) among `texts`."""
     import trimesh
@@ -158,7 +169,8 @@ def texture_distilled(pipe, p: TextureParams, folders: list[tuple[Path, str]], o
         if len(mesh.faces) == 0:
             rows.append({"asset": folder.name, "prompt": prompt, "skipped": "empty mesh"})
             continue
-        row, _, shown = texture_object(pipe, mesh, prompt, p, Path(out_dir) / folder.name, "distilled_colours")
+        row, _, shown = texture_object(pipe, mesh, prompt, p, Path(out_dir) / folder.name, "distilled_colours",
+                                       precision)
         row["asset"] = folder.name
         for name, ims in shown.items():
             renders_by[name].append(ims)
@@ -176,7 +188,8 @@ def texture_distilled(pipe, p: TextureParams, folders: list[tuple[Path, str]], o
 
 
 def texture(p: TextureParams, curated: Path, captions: Path, renders: Path, out_dir: Path, log=print,
-            distill_root: Path | None = None, distilled_out: Path | None = None) -> dict:
+            distill_root: Path | None = None, distilled_out: Path | None = None,
+            device: torch.device | str | None = None, precision: str = "fp32") -> dict:
     import trimesh
 
     from dreamline.evaluation.evaluator import load_evaluator
@@ -187,7 +200,8 @@ def texture(p: TextureParams, curated: Path, captions: Path, renders: Path, out_
     from dreamline.texturing.pipeline import MVDiffusionPipeline
 
     t0 = time.perf_counter()
-    pipe = load_pretrained(MVDiffusionPipeline, p.model, "texture.model")
+    device = torch.device(device or "cpu")
+    pipe = place(load_pretrained(MVDiffusionPipeline, p.model, "texture.model"), device, precision)
     pipe.set_progress_bar_config(disable=True)
     if pipe.caa is None:
         raise ValueError(f"{p.model}: no CAA model in this pipeline (point texture.model at the train_caa output)")
@@ -197,7 +211,7 @@ def texture(p: TextureParams, curated: Path, captions: Path, renders: Path, out_
     chosen = test.head(p.objects)
     if chosen.empty:
         raise ValueError("no test-split objects to texture")
-    evaluator = load_evaluator(p.evaluator)
+    evaluator = load_evaluator(p.evaluator, device, precision)
     texts = sorted(set(test["caption"]))
     text_emb = evaluator.embed_texts(texts)
     index = {t: i for i, t in enumerate(texts)}
@@ -206,7 +220,7 @@ def texture(p: TextureParams, curated: Path, captions: Path, renders: Path, out_
     for k, r in enumerate(chosen.itertuples()):
         mesh_path = confine(r.mesh_path, curated, f"{Path(curated) / 'objects.parquet'}: row uid={r.uid}, mesh_path")
         mesh = trimesh.load(mesh_path, force="mesh", process=False)
-        row, images, shown = texture_object(pipe, mesh, r.caption, p, Path(out_dir) / r.uid, "own_colours")
+        row, images, shown = texture_object(pipe, mesh, r.caption, p, Path(out_dir) / r.uid, "own_colours", precision)
         row["uid"] = r.uid
         for name in generated:
             generated[name].append(torch.from_numpy(images[name]).permute(0, 3, 1, 2).float())
@@ -221,7 +235,8 @@ def texture(p: TextureParams, curated: Path, captions: Path, renders: Path, out_
     metrics = {"evaluator": evaluator.name, "feature_net": FEATURE_NET, "objects": len(rows), "views": p.views,
                "consistency": _psnr_summary(rows, p), "image_quality": {}}
 
-    features = evaluator.images if isinstance(getattr(evaluator, "images", None), EfficientNetLite0) else EfficientNetLite0()
+    features = (evaluator.images if isinstance(getattr(evaluator, "images", None), EfficientNetLite0)
+                else EfficientNetLite0(device=device, precision=precision))
     _, real = real_views(renders, captions, p.resolution, "test", kinds=("mv",))
     real_feats, real_probs = features(real)
     metrics["image_quality"]["real"] = {"n": int(len(real)), "IS": round(inception_score(real_probs)[0], 4)}
@@ -242,6 +257,6 @@ def texture(p: TextureParams, curated: Path, captions: Path, renders: Path, out_
         folders = distilled_meshes(distill_root)
         prompts = sorted({prompt for _, prompt in folders})
         metrics["distilled"] = texture_distilled(pipe, p, folders, distilled_out or Path(out_dir).parent / "distilled",
-                                                 evaluator, sorted(set(texts) | set(prompts)), log)
-    record_run(out_dir, "texture", {"seconds": round(time.perf_counter() - t0, 1)})
+                                                 evaluator, sorted(set(texts) | set(prompts)), log, precision)
+    record_run(out_dir, "texture", {"seconds": round(time.perf_counter() - t0, 1), **describe(device, precision)})
     return metrics
