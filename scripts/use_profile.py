@@ -40,8 +40,12 @@ def profile_path(name: str, root: str | Path = ".") -> Path:
 
 
 def _merge(node, override: dict[str, Any], where: str) -> None:
+    # A typed block's keys depend on its `<part>_type`: when the override changes the type,
+    # its block replaces the profile's instead of merging into it.
+    retyped = {k[: -len("_type")] for k, v in override.items()
+               if k.endswith("_type") and node.get(k) != v}
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(node.get(key), dict):
+        if isinstance(value, dict) and isinstance(node.get(key), dict) and key not in retyped:
             _merge(node[key], value, f"{where}{key}.")
         else:
             node[key] = value

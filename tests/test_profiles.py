@@ -79,3 +79,12 @@ def test_a_bad_override_names_the_key_and_writes_nothing(checkout):
     out = _use(checkout, "resarch")
     assert out.returncode == 2 and "research" in out.stderr
     assert (checkout / "params.yaml").read_bytes() == before
+
+
+def test_an_override_that_changes_a_type_replaces_its_block(checkout):
+    (checkout / "t.yaml").write_text(yaml.safe_dump({"caption": {"captioner_type": "template",
+                                                                 "captioner": {"variety": 3}}}))
+    out = _use(checkout, "research", "--override", "t.yaml")
+    assert out.returncode == 0, out.stderr
+    p = load_params(checkout / "params.yaml", project_root=checkout)
+    assert p.caption.captioner_type == "template" and p.caption.captioner == {"variety": 3}
