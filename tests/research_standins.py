@@ -1,5 +1,5 @@
 """Tiny, randomly initialised stand-ins, in the real formats, for what the research profile
-expects a user to download: an SD 2.1-layout diffusers folder, a transformers CLIP folder, a
+expects a user to download: an SD 2.1-layout diffusers folder, a transformers CLIP folder
 and an Objaverse cache in the objaverse package's layout."""
 from __future__ import annotations
 
