@@ -18,31 +18,39 @@ def _clip_vocab(chars: str) -> dict[str, int]:
     return vocab
 
 
-def save_sd21(folder: Path) -> Path:
-    """A StableDiffusionPipeline folder (UNet2DConditionModel, AutoencoderKL, CLIPTextModel +
-    CLIPTokenizer, DDIM scheduler), written by diffusers itself; 16 px images, 8 px latents."""
-    from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionPipeline,
-                           UNet2DConditionModel)
+def tiny_clip():
+    """A tiny CLIPTextModel + CLIPTokenizer (SD's text encoder layout), 12 tokens."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     tokenizer = CLIPTokenizer(vocab=_clip_vocab(string.ascii_lowercase + string.digits), merges=[],
                               model_max_length=12)
     torch.manual_seed(0)
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer.get_vocab()), hidden_size=32,
-                                        intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                                        max_position_embeddings=12, bos_token_id=0, eos_token_id=1,
-                                        pad_token_id=1))
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(8, 16), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
-                                attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=4)
-    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
-                        sample_size=16)
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-                              prediction_type="epsilon")
-    StableDiffusionPipeline(vae=vae, text_encoder=text.eval(), tokenizer=tokenizer, unet=unet,
+    config = CLIPTextConfig(vocab_size=len(tokenizer.get_vocab()), hidden_size=32, intermediate_size=37,
+                            num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=12,
+                            bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    return CLIPTextModel(config).eval(), tokenizer
+
+
+def save_sd21(folder: Path, unet=None, vae=None, scheduler=None) -> Path:
+    """A StableDiffusionPipeline folder (UNet2DConditionModel, AutoencoderKL, CLIPTextModel +
+    CLIPTokenizer, a scheduler), written by diffusers itself; by default 16 px images, 8 px
+    latents and DDIM. Pass `unet` / `vae` / `scheduler` for another layout."""
+    from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionPipeline,
+                           UNet2DConditionModel)
+
+    text, tokenizer = tiny_clip()
+    torch.manual_seed(0)
+    unet = unet or UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=4)
+    vae = vae or AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                               up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
+                               sample_size=16)
+    scheduler = scheduler or DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                           clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                                           prediction_type="epsilon")
+    StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
                             scheduler=scheduler, safety_checker=None, feature_extractor=None,
                             requires_safety_checker=False).save_pretrained(folder)
     return folder

@@ -24,7 +24,8 @@ from dreamline.models import ldm_checkpoint as L
 from dreamline.models.pipelines import MultiViewDiffusionPipeline
 from dreamline.models.unet import CameraUNet2DConditionModel, has_camera, is_multiview
 from dreamline.models.weights import UnsafeWeightsError
-from test_pipelines import orbit_cameras, tiny_clip
+from research_standins import save_sd21
+from test_pipelines import orbit_cameras
 
 REPO = Path(__file__).resolve().parents[1]
 VAE_1X1 = ("mid.attn_1.q.weight", "mid.attn_1.k.weight", "mid.attn_1.v.weight", "mid.attn_1.proj_out.weight")
@@ -85,10 +86,6 @@ class _Payload:
 def base_folder(tmp_path_factory) -> Path:
     """A tiny SD 2.1-layout folder (written by diffusers' StableDiffusionPipeline) with SD 2.1
     base's block pattern; the converter takes configs, scheduler and tokenizer from it."""
-    from diffusers import StableDiffusionPipeline
-
-    folder = tmp_path_factory.mktemp("sd21-tiny")
-    text_encoder, tokenizer = tiny_clip()
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(8, 16, 16),
@@ -100,10 +97,7 @@ def base_folder(tmp_path_factory) -> Path:
                         layers_per_block=2, sample_size=16)
     scheduler = PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                               skip_prk_steps=True, steps_offset=1, prediction_type="epsilon")
-    StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                            scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                            requires_safety_checker=False).save_pretrained(folder)
-    return folder
+    return save_sd21(tmp_path_factory.mktemp("sd21-tiny"), unet=unet, vae=vae, scheduler=scheduler)
 
 
 def _random(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:

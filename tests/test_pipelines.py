@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import string
 import subprocess
 import sys
 import textwrap
@@ -13,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, PNDMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from dreamline.models.grid import grid_image
 from dreamline.models.pipelines import CCMPipeline, load_sd_layout
@@ -21,6 +19,7 @@ from dreamline.models.sampling import denoise, step_kwargs
 from dreamline.models.text import encode_text
 from dreamline.models.unet import has_camera, is_multiview
 from dreamline.rendering.cameras import Camera, orbit_c2w
+from research_standins import save_sd21
 from tiny_models import tiny_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,40 +168,13 @@ def test_ccm_background_convention(monkeypatch):
 
 # --- Stable Diffusion 2.1 layout -----------------------------------------------------------
 
-def tiny_clip():
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in string.ascii_lowercase + string.digits:
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=12)
-    torch.manual_seed(0)
-    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_attention_heads=4,
-                            num_hidden_layers=2, max_position_embeddings=12, bos_token_id=0, eos_token_id=1,
-                            pad_token_id=1)
-    return CLIPTextModel(config).eval(), tokenizer
-
-
 @pytest.fixture(scope="module")
 def sd_folder(tmp_path_factory):
-    """A Stable Diffusion 2.1-layout folder, written by diffusers' own StableDiffusionPipeline."""
-    from diffusers import StableDiffusionPipeline
-
-    folder = tmp_path_factory.mktemp("sd21")
-    text_encoder, tokenizer = tiny_clip()
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(8, 16), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
-                                attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=4)
-    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
-                        sample_size=16)
-    scheduler = PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                              skip_prk_steps=True, steps_offset=1, prediction_type="epsilon")
-    StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                            scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                            requires_safety_checker=False).save_pretrained(folder)
-    return folder
+    """A Stable Diffusion 2.1-layout folder, written by diffusers' own StableDiffusionPipeline
+    (with PNDM, SD's scheduler, which loading turns into DDIM)."""
+    return save_sd21(tmp_path_factory.mktemp("sd21"), scheduler=PNDMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, skip_prk_steps=True,
+        steps_offset=1, prediction_type="epsilon"))
 
 
 def test_load_sd_layout_is_a_latent_multiview_pipeline(sd_folder):
