@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Which stages `dvc status` reports after one change at a time: three parameters (a training,
-# a distillation and a render setting) and four library modules, each reverted before the
+# Which stages `dvc status` reports after one change at a time: five parameters (a training,
+# a distillation and a render setting, the compute device and precision) and four library modules, each reverted before the
 # next. Run on an up-to-date workspace (after `dvc repro`): each block should list exactly
 # the stages that read the parameter or import the module.
 set -uo pipefail
@@ -25,6 +25,8 @@ PY
 try_param train_mv.train.lr 0.0005
 try_param distill.steps 301
 try_param render.resolution 96
+try_param compute.device cpu          # where torch runs: no stage reruns
+try_param compute.precision bf16      # what it computes: every torch stage reruns
 try_code() {
   cp "$1" .cache/status-probe-code.bak
   echo "# touched" >> "$1"

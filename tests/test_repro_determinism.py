@@ -45,3 +45,19 @@ def test_forced_distill_rerun_writes_identical_outputs(tmp_path, prefect_api_url
     assert f"Running stage '{stage}'" in out
     assert locked_outs(project, stage) == first
     assert "up to date" in dvc(project, "status", stage).stdout
+
+
+def test_a_model_digest_ignores_the_untracked_run_json(tmp_path):
+    """distill's key and summary name the priors by content as DVC sees it: a retrained,
+    byte-identical model (only run.json's wall time differs) keeps its digest."""
+    from dreamline.distill.run import model_digest
+
+    folder = tmp_path / "mv"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "unet/weights.safetensors").write_bytes(b"weights")
+    (folder / "run.json").write_text('{"training": {"seconds": 1.0}}')
+    before = model_digest(folder)
+    (folder / "run.json").write_text('{"training": {"seconds": 2.5}}')
+    assert model_digest(folder) == before
+    (folder / "unet/weights.safetensors").write_bytes(b"weights2")
+    assert model_digest(folder) != before

@@ -2,6 +2,7 @@
 into a fresh folder, write its summary, and swap the folder in place."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -12,7 +13,7 @@ from dreamline.config import DistillParams
 from dreamline.device import describe
 from dreamline.distill.assets import STATE, write_assets
 from dreamline.distill.loop import PriorCache, distill, distill_key
-from dreamline.runinfo import read_run, record_run
+from dreamline.runinfo import RUN_FILE, read_run, record_run
 from dreamline.training.common import file_digest, fresh_folder, replace_folder, write_summary
 
 
@@ -63,6 +64,16 @@ def _reexport(p: DistillParams, old: dict, out_dir: Path, log, priors: PriorCach
     return summary
 
 
+def model_digest(folder: str | Path) -> str:
+    """A model folder's content as DVC sees it: every file but the untracked run.json (wall
+    time of the run that trained it), so a retrained, byte-identical model keeps its digest."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for f in sorted(f for f in folder.rglob("*") if f.is_file() and f.name != RUN_FILE):
+        h.update(str(f.relative_to(folder)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
 def distill_prompt(p: DistillParams, slug: str, prompt: str, out_dir: Path, work_dir: Path,
                    priors: PriorCache | None = None, log: Callable[[str], None] | None = None,
                    stop_after: int | None = None) -> dict:
@@ -72,7 +83,7 @@ def distill_prompt(p: DistillParams, slug: str, prompt: str, out_dir: Path, work
     untracked run.json only)."""
     check_models(p)
     priors = priors or PriorCache()
-    digests = {path: file_digest(path) for path in model_paths(p)}
+    digests = {path: model_digest(path) for path in model_paths(p)}
     key = distill_key(p, prompt, digests, priors.precision)
     summary_path = out_dir / "summary.json"
     if summary_path.is_file():
