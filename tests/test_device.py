@@ -20,9 +20,8 @@ import yaml
 
 from dreamline import device as dl
 from dreamline.distill.loop import CHECKPOINT, PriorCache, distill, distill_key
-from dreamline.distill.run import distill_prompt, model_paths
+from dreamline.distill.run import distill_prompt, model_digest, model_paths
 from dreamline.runinfo import read_run
-from dreamline.training.common import file_digest
 from test_distill import tiny_params
 from tiny_models import save_tiny_priors, tiny_pipeline
 
@@ -159,7 +158,7 @@ def test_bf16_distillation_on_the_cpu_runs_with_finite_losses(models, tmp_path, 
     run = read_run(out)["distill"]
     assert (run["device"], run["device_name"], run["precision"]) == ("cpu", "cpu", "bf16")
     assert not {"device", "device_name", "precision"} & set(json.loads((out / "summary.json").read_text()))
-    digests = {path: file_digest(path) for path in model_paths(p)}
+    digests = {path: model_digest(path) for path in model_paths(p)}
     assert summary["key"] == distill_key(p, "a red chair", digests, "bf16") != distill_key(p, "a red chair", digests)
 
 
