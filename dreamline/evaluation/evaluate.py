@@ -107,10 +107,14 @@ def summarise_assets(rows: list[dict], p: EvaluateParams) -> dict:
 
 def image_quality(p: EvaluateParams, evaluator, real_images: torch.Tensor, captions: list[str],
                   features: EfficientNetLite0, grids: Path, device: torch.device | str | None = None,
-                  precision: str = "fp32") -> dict:
-    """FID and IS on EfficientNet-Lite0 features / posteriors, CLIP score with the evaluator.
-    Each model samples on `device`, stored in frozen_dtype(precision) under autocast, from a
-    CPU generator (the same initial noise on every device)."""
+                  precision: str = "fp32", texts: list[str] | None = None,
+                  text_emb: np.ndarray | None = None) -> dict:
+    """FID and IS on EfficientNet-Lite0 features / posteriors, CLIP score with the evaluator,
+    and R-precision of the samples: each sample ranked against every caption in `texts`
+    (default: `captions`), its own caption the true one, as Cap3D ranks text-to-3D results;
+    units for the interval are captions. Each model samples on `device`, stored in
+    frozen_dtype(precision) under autocast, from a CPU generator (the same initial noise on
+    every device)."""
     from dreamline.device import autocast
     from dreamline.models.sampling import place
     from dreamline.training.common import load_base_pipeline, orbit_cameras
@@ -121,6 +125,9 @@ def image_quality(p: EvaluateParams, evaluator, real_images: torch.Tensor, capti
     real_feats, real_probs = features(real_images)
     caps = captions[:q.captions]
     cap_emb = evaluator.embed_texts(caps)
+    if texts is None:
+        texts, text_emb = list(captions), evaluator.embed_texts(list(captions))
+    true_idx = np.array([texts.index(c) for c in caps])
     out = {"real": {"n": int(len(real_images)), "IS": round(inception_score(real_probs)[0], 4)}}
     for name, path in q.models.items():
         pipe = place(load_base_pipeline(path), device, precision)
@@ -140,7 +147,9 @@ def image_quality(p: EvaluateParams, evaluator, real_images: torch.Tensor, capti
         lo, hi = bootstrap_ci(per_caption, n_resamples=p.bootstrap, seed=p.seed)
         out[name] = {"n": int(len(images)), "FID": round(frechet_distance(feats, real_feats), 3),
                      "IS": round(inception_score(probs)[0], 4),
-                     "clip_score": round(float(per_caption.mean()), 3), "clip_score_ci95": [lo, hi]}
+                     "clip_score": round(float(per_caption.mean()), 3), "clip_score_ci95": [lo, hi],
+                     "r_precision": _rp_row(emb, text_emb, np.repeat(true_idx, views),
+                                            np.repeat(np.arange(len(caps)), views), p)}
         grids.mkdir(parents=True, exist_ok=True)
         grid_image(images.permute(0, 2, 3, 1).numpy()[: 8 * views], nrow=views).save(grids / f"samples_{name}.png")
     return out
@@ -179,7 +188,9 @@ def evaluate(p: EvaluateParams, renders: Path, captions: Path, asset_roots: list
     features = (evaluator.images if isinstance(getattr(evaluator, "images", None), EfficientNetLite0)
                 else EfficientNetLite0(device=device, precision=precision))
     metrics["image_quality"] = image_quality(p, evaluator, images, test_captions, features, out_dir / "grids",
-                                             device, precision)
+                                             device, precision, texts, text_emb)
+    # The ceiling beside each model's row: what the evaluator gives the real renders.
+    metrics["image_quality"]["real"]["r_precision"] = metrics["r_precision"]["real_test"]
     from dreamline.runinfo import record_run
 
     record_run(out_dir, "evaluate", {"seconds": round(time.perf_counter() - t0, 1), **describe(device, precision)})
