@@ -441,7 +441,6 @@ class EvaluatorParams(Strict):
 class ImageQualityParams(Strict):
     """MVDream Table 1: FID / IS / CLIP score of each model's samples for test captions."""
     models: dict[str, str] = Field(default_factory=lambda: {"base": "data/models/base",
-                                                            "mv_3d": "data/models/mv_3d",
                                                             "mv": "data/models/mv"})
     captions: int = Field(16, ge=1, le=100_000)     # test captions sampled, 4 views each
     steps: int = Field(20, ge=1, le=1000)           # DDIM
@@ -461,6 +460,15 @@ class EvaluateParams(Strict):
     bootstrap: int = Field(1000, ge=10, le=100_000)
     threads: int = Field(2, ge=1, le=256)
     seed: int = 0
+
+
+class EvaluateStudiesParams(Strict):
+    """The studies' evaluation (stage evaluate_studies): the guidance ablation's assets and
+    the image-quality rows of the ablation models (MVDream Table 1's 3D-only row beside the
+    multi-view model). Every other setting, the caption set included, is `evaluate`'s, so the
+    studies' rows and the main run's can be read side by side."""
+    image_quality: ImageQualityParams = ImageQualityParams(models={"mv_3d": "data/models/mv_3d",
+                                                                   "mv": "data/models/mv"})
 
 
 class AblationParams(Strict):
@@ -533,6 +541,7 @@ class Params(Strict):
     distill: DistillParams = DistillParams()
     evaluator: EvaluatorParams = EvaluatorParams()
     evaluate: EvaluateParams = EvaluateParams()
+    evaluate_studies: EvaluateStudiesParams = EvaluateStudiesParams()
     ablation: AblationParams = AblationParams()
 
 
@@ -578,6 +587,8 @@ def param_paths(params: "Params") -> list[tuple[str, str]]:
         out.append((f"distill.guidance.{term}.model", params.distill.guidance_config(term).model))
     for name, folder in params.evaluate.image_quality.models.items():
         out.append((f"evaluate.image_quality.models.{name}", folder))
+    for name, folder in params.evaluate_studies.image_quality.models.items():
+        out.append((f"evaluate_studies.image_quality.models.{name}", folder))
     return out
 
 

@@ -17,6 +17,7 @@ CHECKPOINTS = DATA / "checkpoints"
 DISTILL = DATA / "distill"
 ABLATION = DATA / "ablation"
 EVAL = DATA / "eval"
+EVAL_STUDIES = DATA / "eval_studies"
 REPORT = DATA / "report"
 
 

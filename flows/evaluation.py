@@ -37,19 +37,36 @@ def _asset_table(rows: list[dict]) -> bytes:
     return buf.getvalue().encode()
 
 
-@flow(name="evaluate")
-def evaluate_flow(params: Params, renders: Path = paths.RENDERS, captions: Path = CAPTIONS,
-                  asset_roots: tuple[Path, ...] = (paths.DISTILL, paths.ABLATION), out_dir: Path = paths.EVAL) -> dict:
+def _evaluate(params: Params, p, renders: Path, captions: Path, asset_roots, out_dir: Path) -> dict:
     device, precision = compute_target(params.compute.device, params.compute.precision)
-    metrics, rows = evaluate_task(params.evaluate, renders, captions, list(asset_roots), out_dir,
-                                  params.distill.camera.radius, device, precision)
+    metrics, rows = evaluate_task(p, renders, captions, list(asset_roots), out_dir, params.distill.camera.radius,
+                                  device, precision, list(params.distill.prompts.values()))
     write_json_atomic(Path(out_dir) / "assets.json", rows)
     write_bytes_atomic(Path(out_dir) / "plots" / "assets.csv", _asset_table(rows))
     write_json_atomic(Path(out_dir) / "metrics.json", metrics)     # last: the stage's result
     real = metrics["r_precision"]["real_test"]
     get_run_logger().info("real R@1 %.3f over %d captions; %d asset groups", real["R@1"], real["n_captions"],
                           len(metrics["assets"]))
-    return {"real_R@1": real["R@1"], "assets": {k: v["colour_R@1"] for k, v in metrics["assets"].items()}}
+    return {"real_R@1": real["R@1"], "assets": {k: v["colour_R@1"] for k, v in metrics["assets"].items()},
+            "samples_R@1": {k: v["r_precision"]["R@1"] for k, v in metrics["image_quality"].items()
+                            if k != "real"}}
+
+
+@flow(name="evaluate")
+def evaluate_flow(params: Params, renders: Path = paths.RENDERS, captions: Path = CAPTIONS,
+                  asset_roots: tuple[Path, ...] = (paths.DISTILL,), out_dir: Path = paths.EVAL) -> dict:
+    """The main run's evaluation: the distilled assets and the base / multi-view samples."""
+    return _evaluate(params, params.evaluate, renders, captions, asset_roots, out_dir)
+
+
+@flow(name="evaluate-studies")
+def evaluate_studies_flow(params: Params, renders: Path = paths.RENDERS, captions: Path = CAPTIONS,
+                          asset_roots: tuple[Path, ...] = (paths.ABLATION,),
+                          out_dir: Path = paths.EVAL_STUDIES) -> dict:
+    """The studies' evaluation: the guidance ablation's assets and the ablation models'
+    samples, with `evaluate`'s settings and caption set."""
+    p = params.evaluate.model_copy(update={"image_quality": params.evaluate_studies.image_quality})
+    return _evaluate(params, p, renders, captions, asset_roots, out_dir)
 
 
 REPORT_SECTIONS = ("distill", "evaluate", "evaluator", "ablation", "texture")

@@ -31,7 +31,7 @@ RETRIES: dict[str, int] = {
     "train_base": 1, "train_mv": 1, "train_mv_3d": 1, "train_agp": 1, "dreambooth": 1,
     "distill": 1, "ablation": 1, "train_evaluator": 1,
     "train_depth": 1, "train_caa": 1,
-    "evaluate": 0, "texture": 0, "report": 0,
+    "evaluate": 0, "evaluate_studies": 0, "texture": 0, "report": 0, "report_studies": 0,
 }
 # A stage exits 2 for invalid params or a missing input model: never worth a retry.
 NOT_RETRYABLE_EXIT = {2}

@@ -25,7 +25,8 @@ STAGE_THREADS = {
     "train_mv_3d": "train_mv_3d.train.threads", "train_agp": "train_agp.train.threads",
     "dreambooth": "dreambooth.train.threads", "train_depth": "train_depth.train.threads",
     "train_caa": "train_caa.train.threads", "distill": "distill.threads", "ablation": "distill.threads",
-    "train_evaluator": "evaluator.threads", "evaluate": "evaluate.threads", "texture": "texture.threads",
+    "train_evaluator": "evaluator.threads", "evaluate": "evaluate.threads", "evaluate_studies": "evaluate.threads",
+    "texture": "texture.threads",
 }
 # Score distillation drives UNet activations into subnormal floats, which x86 computes ~3x
 # slower (measured: 0.94 -> 2.85 it/s for mv-sds+agp); flushing them to zero is deterministic

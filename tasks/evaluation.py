@@ -20,11 +20,11 @@ def train_evaluator_task(p, renders: Path, captions: Path, out_dir: Path, device
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(p, renders: Path, captions: Path, asset_roots: list[Path], out_dir: Path, radius: float,
-                  device=None, precision: str = "fp32"):
+                  device=None, precision: str = "fp32", prompts: list[str] = ()):
     from dreamline.evaluation.evaluate import evaluate
 
     return evaluate(p, Path(renders), Path(captions), [Path(r) for r in asset_roots], Path(out_dir), radius,
-                    log=run_logger().info, device=device, precision=precision)
+                    log=run_logger().info, device=device, precision=precision, prompts=list(prompts))
 
 
 @task(name="report", cache_policy=NO_CACHE)

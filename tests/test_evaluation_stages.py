@@ -42,6 +42,7 @@ def test_evaluation_stages_and_report_in_a_browser(tmp_path, prefect_api_url):
     # set_params merges mappings; the model list must be replaced (no mv_3d in this project).
     raw = yaml.safe_load((project.root / "params.yaml").read_text())
     raw["evaluate"]["image_quality"]["models"] = {"base": "data/models/base", "mv": "data/models/mv"}
+    raw["evaluate_studies"] = {"image_quality": {"models": {"mv": "data/models/mv"}, "captions": 2, "steps": 2}}
     (project.root / "params.yaml").write_text(yaml.safe_dump(raw))
     for name in ("mirror", "curate", "caption", "render"):
         project.stage(name)
@@ -64,10 +65,21 @@ def test_evaluation_stages_and_report_in_a_browser(tmp_path, prefect_api_url):
     assert m["evaluator"] == ev["evaluator"] and "efficientnet-lite0" in m["feature_net"]
     real = m["r_precision"]["real_test"]
     assert real["n_captions"] >= 3 and 0.0 <= real["R@1"] <= 1.0
-    assert set(m["assets"]) == {"distill:mv-sds+agp", "ablation:sds", "ablation:ism"}
+    assert set(m["assets"]) == {"distill:mv-sds+agp"}
     assert m["assets"]["distill:mv-sds+agp"]["n_assets"] == 2
     assert set(m["image_quality"]) == {"real", "base", "mv"} and m["image_quality"]["mv"]["FID"] >= 0
-    assert (project.root / "data/eval/plots/assets.csv").read_text().count("\n") == 5
+    # Samples ranked against every caption (test captions + prompts), the real renders beside.
+    rp = m["image_quality"]["mv"]["r_precision"]
+    assert rp["n_captions"] == real["n_captions"] and rp["n_units"] == 2 and 0.0 <= rp["R@1"] <= rp["R@5"] <= 1.0
+    assert m["image_quality"]["real"]["r_precision"] == real
+    assert (project.root / "data/eval/plots/assets.csv").read_text().count("\n") == 3
+
+    # The studies: the ablation's assets, ranked against the same captions.
+    project.stage("evaluate_studies")
+    ms = json.loads((project.root / "data/eval_studies/metrics.json").read_text())
+    assert set(ms["assets"]) == {"ablation:sds", "ablation:ism"} and set(ms["image_quality"]) == {"real", "mv"}
+    assert ms["r_precision"]["real_test"] == real
+    assert ms["image_quality"]["mv"] == m["image_quality"]["mv"]         # same settings, same samples
 
     project.stage("report")
     report = project.root / "data/report/index.html"

@@ -156,15 +156,19 @@ def image_quality(p: EvaluateParams, evaluator, real_images: torch.Tensor, capti
 
 
 def evaluate(p: EvaluateParams, renders: Path, captions: Path, asset_roots: list[Path], out_dir: Path,
-             radius: float, log=print, device: torch.device | str | None = None, precision: str = "fp32") -> dict:
+             radius: float, log=print, device: torch.device | str | None = None, precision: str = "fp32",
+             prompts: list[str] = ()) -> dict:
+    """`prompts`: distractors beside the test captions besides the prompts of the assets found
+    (the distill stage's prompt set), so that every evaluation of assets (the main run's, the
+    ablation's) ranks against the same captions."""
     from dreamline.device import describe
 
     t0 = time.perf_counter()
     device = torch.device(device or "cpu")
     evaluator = load_evaluator(p.evaluator, device, precision)
     folders = asset_folders(*asset_roots)
-    prompts = sorted({json.loads((f / "summary.json").read_text())["prompt"] for f in folders
-                      if (f / "summary.json").exists()})
+    prompts = sorted(set(prompts) | {json.loads((f / "summary.json").read_text())["prompt"] for f in folders
+                                     if (f / "summary.json").exists()})
     rows, images = real_views(renders, captions, p.resolution, "test", kinds=("mv",))
     keep = rows.groupby("uid").head(p.real_views_per_object).index.to_numpy()
     rows, images = rows.loc[keep].reset_index(drop=True), images[keep]
