@@ -413,12 +413,20 @@ def test_report_embeds_nothing_named_from_outside_its_inputs(tmp_path, monkeypat
                             data / "models", None, Path("dvc.lock"), data / "report/index.html")
 
     assert "data:image/png;base64" in build(asset).read_text()
+    (outside / "secret.mp4").write_bytes(b"\0\0\0\x08secret")
     touched = watch(outside)
     for bad in ({**asset, "grid": str(outside / "secret.png")},
                 {**asset, "grid": "data/eval/../../" + os.path.relpath(outside / "secret.png", tmp_path)},
                 {**asset, "asset": str(outside)}):
         with pytest.raises(UnsafePathError, match="assets.json"):
             build(bad)
+    # The turntables the asset cards embed: a link out of the asset folder is refused too.
+    for name in ("turntable.mp4", "turntable.gif"):
+        link = data / "distill/red-chair" / name
+        link.symlink_to(outside / "secret.mp4")
+        with pytest.raises(UnsafePathError, match=f"assets.json.*{name}"):
+            build(asset)
+        link.unlink()
     assert touched == []
 
 

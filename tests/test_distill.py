@@ -65,6 +65,8 @@ def test_every_guidance_and_representation_runs_two_steps(models, priors, tmp_pa
     for k in range(4):
         assert Image.open(out / "views" / f"view_{k}.png").size == (16, 16)
     assert Image.open(out / "turntable.gif").n_frames >= 2
+    assert (out / "turntable.mp4").read_bytes()[4:8] == b"ftyp"
+    assert summary["assets"]["turntable_mp4"]["width"] % 2 == 0
     assert (out / "state.safetensors").is_file() and not (tmp_path / "work").exists()
     if representation == "gaussians":
         from plyfile import PlyData
@@ -133,6 +135,15 @@ def test_up_to_date_prompt_is_skipped_and_changed_params_rerun(models, priors, t
     again = distill_prompt(reexport, "red-chair", "a red chair", tmp_path / "a", tmp_path / "w", priors=priors)
     assert again["key"] == first["key"] and again["assets"]["turntable_frames"] == 5
     assert Image.open(tmp_path / "a" / "turntable.gif").n_frames == 5
+    # A folder without the MP4 (written before it existed) is exported again, to the same bytes.
+    mp4 = tmp_path / "a" / "turntable.mp4"
+    before = mp4.read_bytes()
+    mp4.unlink()
+    assert distill_prompt(reexport, "red-chair", "a red chair", tmp_path / "a", tmp_path / "w", priors=priors) == again
+    assert mp4.read_bytes() == before
+    import imageio_ffmpeg
+
+    assert imageio_ffmpeg.count_frames_and_secs(str(mp4))[0] == 5
     assert (tmp_path / "a" / "curve.csv").read_text() == first_curve
     changed = p.model_copy(update={"lambda_orientation": 0.5})
     second = distill_prompt(changed, "red-chair", "a red chair", tmp_path / "a", tmp_path / "w", priors=priors)

@@ -2,15 +2,19 @@
 points on a tiny project, and the report opened from disk in headless Chromium."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from conftest import make_project
 from tiny_models import save_tiny_priors
@@ -34,6 +38,24 @@ TINY = {
 
 def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def require_chromium() -> str:
+    browser = chromium()
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (scripts/setup.sh installs it)")
+        pytest.skip("chromium not installed")
+    return browser
+
+
+def page_counts(browser: str, page: Path) -> dict[str, int]:
+    """The data-* counts the report's inline scripts set on <body>, the page opened from disk.
+    Virtual time lets the videos decode their first frame before the DOM is dumped."""
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                          "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    body = re.search(r"<body([^>]*)>", dom).group(1)
+    return {k: int(v) for k, v in re.findall(r'data-([a-z-]+)="(\d+)"', body)}
 
 
 @pytest.mark.slow
@@ -89,14 +111,113 @@ def test_evaluation_stages_and_report_in_a_browser(tmp_path, prefect_api_url):
     # The training-loss chart, read from the DVCLive logs: the evaluator's curve is drawn.
     chart = re.search(r'<svg class="plot"[^>]*><title>training loss</title>.*?</svg>', text).group(0)
     assert ">evaluator</text>" in chart and chart.count("<polyline") >= 1
-    browser = chromium()
-    if browser is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (scripts/setup.sh installs it)")
-        pytest.skip("chromium not installed")
-    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
-                          report.as_uri()], capture_output=True, text=True, timeout=120).stdout
-    body = re.search(r"<body([^>]*)>", dom).group(1)
-    attrs = dict(re.findall(r'data-([a-z-]+)="(\d+)"', body))
-    assert int(attrs["images-total"]) >= 5 and attrs["images-loaded"] == attrs["images-total"], attrs
-    assert int(attrs["plots-total"]) >= 3 and attrs["plots-drawn"] == attrs["plots-total"], attrs
+    # Four turntables (two distilled prompts, two ablation assets), each an MP4 that plays.
+    assert text.count("<video ") == 4 and text.index("<section class='card'>") < text.index("CLIP R-precision")
+    attrs = page_counts(require_chromium(), report)
+    assert attrs["images-total"] >= 5 and attrs["images-loaded"] == attrs["images-total"], attrs
+    assert attrs["plots-total"] >= 3 and attrs["plots-drawn"] == attrs["plots-total"], attrs
+    assert attrs["videos-total"] == 4 and attrs.get("videos-loaded") == 4, attrs
+
+
+# --------------------------------------------------------------------------- the report alone
+
+
+def fake_eval(root: Path) -> dict:
+    """What distill, ablation and evaluate leave for the report, made by hand: two distilled
+    assets (turntable.gif + turntable.mp4), one ablation asset (GIF only, as before the MP4),
+    their grids, assets.json with per-view ranks and metrics.json with sample R-precision."""
+    from dreamline.representations.export import write_turntable
+
+    data = root / "data"
+    frames = [np.full((16, 16, 3), 60 * i, np.uint8) for i in range(3)]
+    folders = {"data/distill/red-chair": "a red chair", "data/distill/blue-mug": "a blue mug",
+               "data/ablation/sds/red-chair": "a red chair"}
+    rows = []
+    for k, (folder, prompt) in enumerate(folders.items()):
+        write_turntable(frames, root / folder / "turntable.gif", fps=4)
+        if "distill" in folder:
+            write_turntable(frames, root / folder / "turntable.mp4", fps=4)
+        (root / folder / "curve.csv").write_text("step,loss\n0,1.0\n1,0.5\n")
+        grid = data / "eval/grids" / f"{k}.png"
+        grid.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 16, 3), 40 * k, np.uint8)).save(grid)
+        rows.append({"asset": folder, "prompt": prompt, "guidance_type": "sds", "representation_type": "voxel",
+                     "grid": str(grid.relative_to(root)), "ranks_colour": [1, 1, 3, 7][k:] + [2] * k,
+                     "ranks_geo": [4, 6, 9, 12]})
+    (data / "eval/assets.json").write_text(json.dumps(rows))
+    real = {"n_images": 8, "n_units": 4, "n_captions": 12, "R@1": 0.875, "R@1_ci95": [0.5, 1.0],
+            "R@5": 1.0, "R@5_ci95": [1.0, 1.0]}
+    sample = {"n_images": 8, "n_units": 2, "n_captions": 12, "R@1": 0.3125, "R@1_ci95": [0.125, 0.5],
+              "R@5": 0.6875, "R@5_ci95": [0.5, 0.875]}
+    metrics = {"evaluator": "e", "feature_net": "f", "r_precision": {"real_test": real},
+               "assets": {}, "image_quality": {"real": {"n": 8, "IS": 1.5, "r_precision": real},
+                                               "mv": {"n": 8, "FID": 12.5, "IS": 1.25, "clip_score": 0.25,
+                                                      "clip_score_ci95": [0.2, 0.3], "r_precision": sample}}}
+    (data / "eval/metrics.json").write_text(json.dumps(metrics))
+    return metrics
+
+
+def build(root: Path) -> str:
+    from dreamline.evaluation.report import build_report
+
+    data = root / "data"
+    return build_report(data / "eval/metrics.json", data / "eval/assets.json", data / "distill", data / "models",
+                        None, root / "dvc.lock", data / "report/index.html").read_text()
+
+
+def test_report_leads_with_a_card_per_distilled_asset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fake_eval(tmp_path)
+    text = build(tmp_path)
+    assert build(tmp_path) == text                                   # deterministic
+    cards = re.findall(r"<section class='card'>.*?</section>", text, flags=re.S)
+    assert len(cards) == 2                                           # distilled only, not the ablation's
+    first, rp = text.index("<section class='card'>"), text.index("<h2>CLIP R-precision</h2>")
+    assert text.index("<h1>") < first < rp and text.rindex("<section class='card'>") < rp
+    red = cards[0]
+    assert "<p class='prompt'>a red chair</p>" in red and "<p class='prompt'>a blue mug</p>" in cards[1]
+    # The turntable: the MP4 itself as a data URI in an autoplaying <video>, the GIF inside as fallback.
+    video = re.search(r"<video [^>]*>.*?</video>", red, flags=re.S).group(0)
+    for attr in ("autoplay", "loop", "muted", "playsinline"):
+        assert f" {attr}" in video.split(">")[0]
+    mp4 = re.search(r'<source src="data:video/mp4;base64,([^"]+)" type="video/mp4"', video).group(1)
+    assert base64.b64decode(mp4) == (tmp_path / "data/distill/red-chair/turntable.mp4").read_bytes()
+    assert '<img class="pix" src="data:image/gif;base64,' in video
+    assert red.count("data:image/png;base64,") == 1                  # the colour / geo grid
+    # Its retrieval: medians over views (colour 1, 1, 3, 7 -> 2; geo -> 7.5) of 12 captions, shares.
+    assert "among 12 captions" in red and "colour <b>2</b>" in red and "geo <b>7.5</b>" in red
+    assert "<td>colour</td><td>2</td><td>0.5</td><td>0.75</td><td>4</td>" in red
+    assert "<td>geo (textureless)</td><td>7.5</td><td>0</td><td>0.25</td><td>4</td>" in red
+    # The ablation asset, further down, has no MP4: its GIF alone.
+    ablation = text[text.index("<h2>Ablation assets</h2>"):]
+    assert "<video" not in ablation and "data:image/gif;base64," in ablation
+    # Sample R-precision beside FID / IS, the real renders as the ceiling row.
+    quality = text[text.index("<h2>Multi-view image quality</h2>"):]
+    quality = quality[:quality.index("</table>")]
+    assert "<th>R@1</th><th>R@1 ci95</th><th>R@5</th>" in quality
+    assert "<td>real renders (ceiling)</td><td>8</td><td>–</td><td>1.5</td><td>–</td><td>–</td><td>0.875</td>" \
+        "<td>[0.5, 1]</td><td>1</td>" in quality
+    assert "<td>mv</td>" in quality and "<td>0.3125</td><td>[0.125, 0.5]</td><td>0.6875</td>" in quality
+
+    # An asset without its MP4 (exported before it existed) shows the GIF alone.
+    (tmp_path / "data/distill/red-chair/turntable.mp4").unlink()
+    red = re.findall(r"<section class='card'>.*?</section>", build(tmp_path), flags=re.S)[0]
+    assert "<video" not in red and "<p class='prompt'>a red chair</p>" in red
+    assert re.search(r'<figure><img class="pix" src="data:image/gif;base64,[^"]+" width="256" alt="turntable">', red)
+
+
+def test_report_turntables_play_in_a_browser_or_fall_back_to_the_gif(tmp_path, monkeypatch):
+    browser = require_chromium()
+    monkeypatch.chdir(tmp_path)
+    fake_eval(tmp_path)
+    build(tmp_path)
+    page = tmp_path / "data/report/index.html"
+    attrs = page_counts(browser, page)
+    assert attrs["videos-total"] == 2 and attrs.get("videos-loaded") == 2, attrs
+    assert attrs["images-loaded"] == attrs["images-total"] == 6, attrs      # 3 grids, 3 GIFs
+    # An MP4 the browser cannot play: its <video> gives way to the GIF it holds.
+    (tmp_path / "data/distill/red-chair/turntable.mp4").write_bytes(b"\0\0\0\x08junk" * 100)
+    build(tmp_path)
+    attrs = page_counts(browser, page)
+    assert attrs["videos-total"] == 1 and attrs.get("videos-loaded") == 1, attrs
+    assert attrs["images-loaded"] == attrs["images-total"] == 6, attrs

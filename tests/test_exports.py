@@ -14,6 +14,7 @@ from dreamline.representations.export import (
     SH_C0,
     EmptyMeshError,
     marching_cubes_mesh,
+    mp4_frame_size,
     read_gaussian_ply,
     write_gaussian_ply,
     write_glb,
@@ -201,15 +202,63 @@ def test_turntable_rejects_other_formats(tmp_path):
         write_turntable(frames, tmp_path / "turntable.avi")
 
 
-def test_mp4_without_backend_says_use_gif(tmp_path, monkeypatch):
+def turntable_frames(h: int, w: int, n: int = 6) -> list[np.ndarray]:
+    """A red square turning into view over white, plus a few noisy pixels in a corner."""
+    rng = np.random.default_rng(3)
+    frames = []
+    for i in range(n):
+        f = np.full((h, w, 3), 255, dtype=np.uint8)
+        f[h // 4: 3 * h // 4, (i * w) // (2 * n): (i * w) // (2 * n) + w // 2] = (200, 30, 30)
+        f[:2, :2] = rng.integers(0, 256, (2, 2, 3))
+        frames.append(f)
+    return frames
+
+
+def decode_mp4(path):
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    w, h = meta["size"]
+    return meta, [np.frombuffer(f, dtype=np.uint8).reshape(h, w, 3) for f in reader]
+
+
+def test_mp4_turntable_is_a_pure_function_of_the_frames(tmp_path):
+    frames = turntable_frames(64, 64)
+    a = write_turntable(frames, tmp_path / "a" / "turntable.mp4", fps=12)
+    b = write_turntable(frames, tmp_path / "b" / "turntable.mp4", fps=12)
+    data = a.read_bytes()
+    assert data == b.read_bytes() and data[4:8] == b"ftyp"
+    assert b"Lavf" not in data                      # bit-exact muxer: no version string
+    assert data.index(b"moov") < data.index(b"mdat")  # faststart: plays while it loads
+    meta, decoded = decode_mp4(a)
+    assert meta["codec"] == "h264" and meta["pix_fmt"].startswith("yuv420p") and meta["fps"] == 12
+    # 64 px frames are scaled up 4x (nearest neighbour) so 4:2:0 chroma keeps their colours.
+    assert meta["size"] == (256, 256) and mp4_frame_size(64, 64) == (256, 256) and len(decoded) == len(frames)
+    for frame, back in zip(frames, decoded):
+        assert np.abs(back[::4, ::4].astype(int) - frame.astype(int))[4:-4, 4:-4].max() <= 12
+    assert write_turntable(frames[::-1], tmp_path / "c.mp4", fps=12).read_bytes() != data
+    assert write_turntable(frames, tmp_path / "d.mp4", fps=24).read_bytes() != data
+    assert_no_temp_files(tmp_path)
+
+
+@pytest.mark.parametrize("h, w, size", [(15, 17, (270, 306)), (2, 3, (256, 384)), (301, 400, (302, 400))])
+def test_mp4_turntable_of_odd_or_tiny_frames_has_an_even_size(tmp_path, h, w, size):
+    frames = turntable_frames(h, w, n=3)
+    assert mp4_frame_size(h, w) == size
+    meta, decoded = decode_mp4(write_turntable(frames, tmp_path / "t.mp4", fps=5))
+    assert meta["size"] == size[::-1] and len(decoded) == 3 and decoded[0].shape == (*size, 3)
+
+
+def test_mp4_without_ffmpeg_says_use_gif(tmp_path, monkeypatch):
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec",
-        lambda name, *a: None if name in ("av", "imageio_ffmpeg") else real_find_spec(name, *a),
+        lambda name, *a: None if name == "imageio_ffmpeg" else real_find_spec(name, *a),
     )
-    with pytest.raises(RuntimeError, match=r"\.gif"):
+    with pytest.raises(RuntimeError, match=r"imageio-ffmpeg.*\.gif"):
         write_turntable([np.zeros((8, 8, 3), dtype=np.uint8)], tmp_path / "turntable.mp4")
     assert not (tmp_path / "turntable.mp4").exists()
 
@@ -242,6 +291,7 @@ def test_writes_create_missing_parents_and_leave_no_temp_files(tmp_path, gaussia
         write_glb(sphere, deep / "glb" / "mesh.glb"),
         write_gaussian_ply(deep / "ply" / "point_cloud.ply", **gaussians),
         write_turntable([np.zeros((4, 4, 3), dtype=np.uint8)] * 2, deep / "gif" / "t.gif"),
+        write_turntable([np.zeros((4, 4, 3), dtype=np.uint8)] * 2, deep / "mp4" / "t.mp4"),
     ]
     assert all(p.is_file() and p.stat().st_size > 0 for p in outputs)
     # overwriting goes through the same temp-and-rename path

@@ -14,13 +14,19 @@ from dreamline.representations.build import build_representation
 from dreamline.representations.base import Representation
 from dreamline.representations.export import (
     EmptyMeshError, marching_cubes_mesh, write_gaussian_ply, write_glb, write_loss_curve_csv, write_png,
-    write_turntable,
+    mp4_frame_size, write_turntable,
 )
 
 STATE = "state.safetensors"
 LEGACY_STATE = "state.pt"   # torch.save pickles of earlier versions: refused, never loaded
 VIEW_FOV = 40.0
 VIEW_AZIMUTHS = (0.0, 90.0, 180.0, 270.0)
+# The same turntable frames twice: a looping GIF, and an H.264 MP4 (what a browser's <video>
+# or a video player takes) whose bytes depend on the frames and fps only.
+TURNTABLES = ("turntable.gif", "turntable.mp4")
+# Files every finished asset folder has (mesh.glb may be missing: an empty field gives no surface).
+EXPORTS = (STATE, *TURNTABLES, *(f"views/view_{k}.png" for k in range(len(VIEW_AZIMUTHS))),
+           "views/textureless.png")
 
 
 def save_state(rep: Representation, p: DistillParams, prompt: str, folder: Path) -> Path:
@@ -28,6 +34,11 @@ def save_state(rep: Representation, p: DistillParams, prompt: str, folder: Path)
         "prompt": prompt, "representation_type": p.representation_type,
         "representation": p.representation_config().model_dump(mode="json"),
         "state_dict": rep.state_dict()})
+
+
+def missing_exports(folder: Path) -> list[str]:
+    """The EXPORTS a folder lacks, e.g. one written before the MP4 turntable existed."""
+    return [name for name in EXPORTS if not (Path(folder) / name).is_file()]
 
 
 def is_asset_folder(folder: Path) -> bool:
@@ -95,7 +106,8 @@ def export_mesh(rep: Representation, e: ExportParams, threshold: float, path: Pa
 
 
 def write_assets(rep: Representation, p: DistillParams, prompt: str, curve: list[dict], folder: Path) -> dict:
-    """state.safetensors, mesh.glb, point_cloud.ply (Gaussians), turntable.gif, views/*.png, curve.csv.
+    """state.safetensors, mesh.glb, point_cloud.ply (Gaussians), turntable.gif + turntable.mp4,
+    views/*.png, curve.csv.
     Returns what was written, for the summary."""
     e = p.export
     rep.eval()
@@ -114,9 +126,13 @@ def write_assets(rep: Representation, p: DistillParams, prompt: str, curve: list
     write_png(textureless, folder / "views" / "textureless.png")
     frames = render_views(rep, azimuth_ring(e.turntable_frames), e.turntable_elevation_deg,
                           e.view_resolution, radius)
-    write_turntable(list(frames), folder / "turntable.gif", fps=e.fps)
+    for name in TURNTABLES:
+        write_turntable(list(frames), folder / name, fps=e.fps)
     if curve:
         write_loss_curve_csv(curve, folder / "curve.csv")
     record["views"] = len(VIEW_AZIMUTHS) + 1
     record["turntable_frames"] = e.turntable_frames
+    height, width = mp4_frame_size(*frames.shape[1:3])
+    record["turntable_mp4"] = {"codec": "h264", "pix_fmt": "yuv420p", "width": width, "height": height,
+                               "fps": e.fps}
     return record

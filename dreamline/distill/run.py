@@ -11,7 +11,7 @@ from typing import Callable
 
 from dreamline.config import DistillParams
 from dreamline.device import describe
-from dreamline.distill.assets import STATE, write_assets
+from dreamline.distill.assets import STATE, missing_exports, write_assets
 from dreamline.distill.loop import PriorCache, distill, distill_key
 from dreamline.runinfo import RUN_FILE, read_run, record_run
 from dreamline.training.common import file_digest, fresh_folder, replace_folder, write_summary
@@ -92,11 +92,15 @@ def distill_prompt(p: DistillParams, slug: str, prompt: str, out_dir: Path, work
             if log:   # an earlier version's folder: its state is a pickle that is never loaded
                 log(f"{slug}: no {STATE} beside the summary; distilling again")
         elif old.get("key") == key:
-            if old.get("export") == p.export.model_dump(mode="json"):
+            missing = missing_exports(out_dir)
+            if old.get("export") == p.export.model_dump(mode="json") and not missing:
                 if log:
                     log(f"{slug}: up to date ({key})")
                 return old
-            return _reexport(p, old, out_dir, log, priors)   # same asset, other export settings
+            if missing and log:
+                log(f"{slug}: no {', '.join(missing)}; exporting again")
+            # Same asset: other export settings, or a folder of a version that exported less.
+            return _reexport(p, old, out_dir, log, priors)
     work_dir.mkdir(parents=True, exist_ok=True)
     result = distill(p, prompt, priors, work_dir, key, stop_after=stop_after, log=log)
     if result.steps < p.steps:

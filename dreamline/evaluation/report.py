@@ -1,12 +1,17 @@
-"""The offline HTML report: one self-contained file (images as data URIs, charts as inline
-SVG drawn here, no network, no CDN). A small inline script records on load how many images
-decoded and how many charts have a drawn extent, so a headless browser can check both."""
+"""The offline HTML report: one self-contained file (images and turntable videos as data
+URIs, charts as inline SVG drawn here, no network, no CDN). It leads with one card per
+distilled asset (prompt, turntable, views, how the evaluator ranks its prompt), then the
+metric tables. A small inline script records on load how many images decoded, how many
+charts have a drawn extent and how many turntable videos loaded, so a headless browser can
+check all three."""
 from __future__ import annotations
 
 import base64
 import csv
 import html
 import json
+import os
+import statistics
 from pathlib import Path
 
 import yaml
@@ -29,25 +34,56 @@ window.addEventListener('load', function () {
   document.body.setAttribute('data-images-loaded', ok);
   document.body.setAttribute('data-plots-total', plots.length);
   document.body.setAttribute('data-plots-drawn', drawn);
+  document.body.setAttribute('data-videos-total', document.querySelectorAll('video').length);
 });
+</script>"""
+# Each turntable <video> counts itself on the body once its first frame decoded; one whose
+# MP4 cannot be played is replaced by the GIF it holds as fallback content.
+VIDEO_SCRIPT = """
+<script>
+function turntableLoaded() {
+  var b = document.body; b.setAttribute('data-videos-loaded', +(b.getAttribute('data-videos-loaded') || 0) + 1);
+}
+function turntableFallback(source) {
+  var video = source.parentNode, gif = video.querySelector('img');
+  if (gif) { video.replaceWith(gif); }
+}
 </script>"""
 STYLE = """<style>
 body{font-family:sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
-img.pix{image-rendering:pixelated}.note{color:#666;font-size:90%}figure{display:inline-block;margin:4px}
+img.pix,video.pix{image-rendering:pixelated}.note{color:#666;font-size:90%}figure{display:inline-block;margin:4px}
 pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:85%}
+.card{border:1px solid #ddd;border-radius:6px;padding:10px 14px;margin:0 0 18px}
+.card .prompt{font-size:1.7em;font-weight:bold;margin:0 0 8px}.card .media{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}
+.card table{margin:4px 0}
 </style>"""
 
 
 def data_uri(path: Path) -> str:
-    kind = {".png": "image/png", ".gif": "image/gif"}[path.suffix.lower()]
+    kind = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4"}[path.suffix.lower()]
     return f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode()}"
 
 
 def img(path: Path, width: int | None = None, alt: str = "") -> str:
     w = f' width="{width}"' if width else ""
     return f'<img class="pix" src="{data_uri(path)}"{w} alt="{html.escape(alt)}">'
+
+
+def turntable(folder: Path, what: str, width: int = 256) -> str:
+    """An asset's turntable: turntable.mp4 as a looping, muted, autoplaying <video> holding
+    turntable.gif as fallback (shown where the MP4 cannot play, or alone where there is no
+    MP4: an asset exported before it existed); "" when neither exists. Both files are
+    confined to the asset folder."""
+    gif = confine("turntable.gif", folder, f"{what}: turntable.gif")
+    mp4 = confine("turntable.mp4", folder, f"{what}: turntable.mp4")
+    fallback = img(gif, width, "turntable") if gif.exists() else ""
+    if not mp4.exists():
+        return fallback
+    return (f'<video class="pix turntable" width="{width}" autoplay loop muted playsinline '
+            f'onloadeddata="turntableLoaded()"><source src="{data_uri(mp4)}" type="video/mp4" '
+            f'onerror="turntableFallback(this)">{fallback}</video>')
 
 
 def fmt(v) -> str:
@@ -163,6 +199,40 @@ def texture_section(path: Path) -> list[str]:
     return s
 
 
+def retrieval(a: dict) -> list[dict]:
+    """How the evaluator ranks the asset's own prompt among every caption, per kind of render:
+    the median rank over its views and the share of views ranking it first / in the top 5."""
+    rows = []
+    for kind, label in (("colour", "colour"), ("geo", "geo (textureless)")):
+        ranks = a.get(f"ranks_{kind}") or []
+        if ranks:
+            rows.append({"renders": label, "median rank": statistics.median(ranks),
+                         "rank 1": round(sum(r == 1 for r in ranks) / len(ranks), 4),
+                         "rank ≤ 5": round(sum(r <= 5 for r in ranks) / len(ranks), 4), "views": len(ranks)})
+    return rows
+
+
+def asset_card(a: dict, folder: Path, grid: Path, n_captions: int | None, what: str,
+               elevation: float = 30.0) -> str:
+    """One distilled asset: its prompt, turntable, colour / geo views and retrieval result."""
+    s = [f"<section class='card'><p class='prompt'>{html.escape(a['prompt'])}</p><div class='media'>"]
+    video = turntable(folder, what)
+    if video:
+        s.append(f"<figure>{video}<figcaption>turntable</figcaption></figure>")
+    if grid.exists():
+        s.append(f"<figure>{img(grid, 512, 'views')}<figcaption>colour (top) / textureless (bottom) "
+                 f"at {elevation:g}° elevation</figcaption></figure>")
+    s.append("</div>")
+    rows = retrieval(a)
+    if rows:
+        ranks = " · ".join(f"{r['renders'].split()[0]} <b>{fmt(r['median rank'])}</b>" for r in rows)
+        s.append(f"<p>Rank of its prompt among {fmt(n_captions)} captions (median over views): {ranks}</p>")
+        s.append(table(rows, ["renders", "median rank", "rank 1", "rank ≤ 5", "views"]))
+    s.append(f"<p class='note'>{html.escape(str(a.get('guidance_type')))}, "
+             f"{html.escape(str(a.get('representation_type')))}, {html.escape(str(a['asset']))}</p></section>")
+    return "".join(s)
+
+
 def build_report(metrics_path: Path, assets_path: Path, distill_root: Path, models_root: Path,
                  params: dict | None, lock_path: Path, out: Path, texture_path: Path | None = None) -> Path:
     """`params`: the validated parameter sections to show (what the stage ran with, defaults
@@ -173,13 +243,35 @@ def build_report(metrics_path: Path, assets_path: Path, distill_root: Path, mode
          "</head><body>", "<h1>dreamline report</h1>",
          f"<p>Image-text evaluator: <b>{html.escape(m['evaluator'])}</b>; FID/IS feature network: "
          f"<b>{html.escape(m['feature_net'])}</b>. Values of the embedded default are not comparable "
-         f"to the papers' (different models and feature networks).</p>"]
+         f"to the papers' (different models and feature networks).</p>", VIDEO_SCRIPT]
+
+    real = m["r_precision"]["real_test"]
+    # The asset grids' elevation: the evaluate parameters the report is shown with (their default otherwise).
+    elevation = float(((params or {}).get("evaluate") or {}).get("elevation_deg", 30.0))
+    located = []
+    for a in assets:
+        # Written by the evaluate stage: an asset under data/ (distill or ablation), a grid
+        # under the eval folder; an entry naming anything else is refused, not embedded.
+        folder = confine(a["asset"], distill_root.parent, f"{assets_path}: asset", relative_to=".")
+        grid = confine(a["grid"], metrics_path.parent, f"{assets_path}: grid of {a['asset']}",
+                       relative_to=".")
+        located.append((a, folder, grid))
+    # The distill stage's assets (under distill_root) lead; the rest (the ablation's) come further down.
+    root = Path(os.path.realpath(distill_root))
+    distilled = [x for x in located if x[1].is_relative_to(root)]
+    ablated = [x for x in located if not x[1].is_relative_to(root)]
+    if distilled:
+        s.append(f"<h2>Distilled assets</h2><p class='note'>One per prompt (stage <code>distill</code>). "
+                 f"Rank: where the evaluator puts the asset's own prompt among all {fmt(real.get('n_captions'))} "
+                 f"captions (test captions and distilled prompts) for each rendered view, median over "
+                 f"the views; rank 1 / rank ≤ 5: the share of views that rank it first / in the top 5.</p>")
+        for a, folder, grid in distilled:
+            s.append(asset_card(a, folder, grid, real.get("n_captions"), f"{assets_path}: {a['asset']}", elevation))
 
     s.append("<h2>CLIP R-precision</h2><p class='note'>Renders at "
              "fixed azimuths; the true prompt ranked against every test caption and every distilled "
              "prompt (distractors). Real renders of test objects are the ceiling row. Intervals: "
              "bootstrap over objects / assets.</p>")
-    real = m["r_precision"]["real_test"]
     rows = [{"row": "real test renders (ceiling)", "n": real["n_units"], "captions": real["n_captions"],
              "R@1 colour": real["R@1"], "R@1 ci95": real["R@1_ci95"], "R@5 colour": real["R@5"]}]
     for name, a in m.get("assets", {}).items():
@@ -203,9 +295,16 @@ def build_report(metrics_path: Path, assets_path: Path, distill_root: Path, mode
     q = m.get("image_quality", {})
     if q:
         s.append("<h2>Multi-view image quality</h2><p class='note'>Samples for test captions vs held-out "
-                 "real renders (MVDream Table 1).</p>")
-        s.append(table([{"model": k, **v} for k, v in q.items()], ["model", "n", "FID", "IS", "clip_score",
-                                                                  "clip_score_ci95"]))
+                 "real renders (MVDream Table 1). R@1 / R@5: sample R-precision, each sample's own caption "
+                 "ranked among all captions (test captions and distilled prompts; interval: bootstrap over "
+                 "captions); the real renders' row is the ceiling.</p>")
+        rows = []
+        for k, v in q.items():
+            rp = v.get("r_precision") or {}
+            rows.append({"model": "real renders (ceiling)" if k == "real" else k, **v, "R@1": rp.get("R@1"),
+                         "R@1 ci95": rp.get("R@1_ci95"), "R@5": rp.get("R@5"), "captions": rp.get("n_captions")})
+        s.append(table(rows, ["model", "n", "FID", "IS", "clip_score", "clip_score_ci95", "R@1", "R@1 ci95",
+                              "R@5", "captions"]))
         for name in q:
             grid = confine(f"grids/samples_{name}.png", metrics_path.parent, f"{metrics_path}: image_quality.{name}")
             if grid.exists():
@@ -214,21 +313,22 @@ def build_report(metrics_path: Path, assets_path: Path, distill_root: Path, mode
     if texture_path is not None and texture_path.exists():
         s += texture_section(texture_path)
 
-    s.append("<h2>Assets</h2>")
-    for a in assets:
-        # Written by the evaluate stage: an asset under data/ (distill or ablation), a grid
-        # under the eval folder; an entry naming anything else is refused, not embedded.
-        folder = confine(a["asset"], distill_root.parent, f"{assets_path}: asset", relative_to=".")
-        grid = confine(a["grid"], metrics_path.parent, f"{assets_path}: grid of {a['asset']}",
-                       relative_to=".")
+    if distilled:
+        s.append("<h2>Loss curves of the distilled assets</h2>")
+        s.append("".join(line_chart({"loss": read_curve(confine("curve.csv", folder, f"{assets_path}: loss curve "
+                                                                 f"of {a['asset']}"))}, f"loss: {a['prompt']}")
+                         for a, folder, _ in distilled))
+    if ablated:
+        s.append("<h2>Ablation assets</h2>")
+    for a, folder, grid in ablated:
         s.append(f"<h3>{html.escape(a['prompt'])} <span class='note'>({html.escape(str(a.get('guidance_type')))}, "
                  f"{html.escape(str(a['asset']))})</span></h3>")
-        turntable = confine("turntable.gif", folder, f"{assets_path}: turntable of {a['asset']}")
-        if turntable.exists():
-            s.append(f"<figure>{img(turntable, 128, 'turntable')}<figcaption>turntable</figcaption></figure>")
+        video = turntable(folder, f"{assets_path}: {a['asset']}", 128)
+        if video:
+            s.append(f"<figure>{video}<figcaption>turntable</figcaption></figure>")
         if grid.exists():
             s.append(f"<figure>{img(grid, 512, 'views')}<figcaption>colour / textureless at "
-                     f"30° elevation</figcaption></figure>")
+                     f"{elevation:g}° elevation</figcaption></figure>")
         curve = confine("curve.csv", folder, f"{assets_path}: loss curve of {a['asset']}")
         s.append(line_chart({"loss": read_curve(curve)}, f"loss: {a['prompt']}"))
 

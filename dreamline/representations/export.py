@@ -240,30 +240,92 @@ def _gif_bytes(frames: list[np.ndarray], fps: int) -> bytes:
     return buffer.getvalue()
 
 
-def _pad_to_even(frame: np.ndarray) -> np.ndarray:
-    # H.264 with 4:2:0 chroma needs even width and height.
-    h, w = frame.shape[:2]
-    return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+# H.264 turntables: frames are scaled up by a whole factor (nearest neighbour, so every output
+# pixel is a copy of a frame pixel) until the shorter side reaches MP4_MIN_SIDE, which keeps
+# 4:2:0 chroma from smearing small renders; odd sides are then padded by repeating the edge
+# (yuv420p needs even width and height).
+MP4_MIN_SIDE = 256
+# Everything that could vary between two encodings of the same frames is fixed: one thread,
+# bit-exact codec and muxer (no encoder version string, zero creation times), no metadata or
+# chapters copied, no audio/subtitle/data streams, the moov atom first (plays while loading).
+MP4_ENCODE_FLAGS = (
+    "-map", "0:v:0", "-map_metadata", "-1", "-map_chapters", "-1", "-an", "-sn", "-dn",
+    "-c:v", "libx264", "-preset", "medium", "-crf", "18", "-pix_fmt", "yuv420p",
+    "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv",
+    "-threads", "1", "-flags", "+bitexact", "-fflags", "+bitexact", "-movflags", "+faststart",
+)
+
+
+def mp4_frame_size(height: int, width: int) -> tuple[int, int]:
+    """(height, width) of the MP4 frames made from height x width turntable frames."""
+    scale = max(1, -(-MP4_MIN_SIDE // min(height, width)))
+    h, w = height * scale, width * scale
+    return h + h % 2, w + w % 2
+
+
+def _mp4_frames(frames: list[np.ndarray]) -> np.ndarray:
+    video = np.stack(frames)
+    h, w = video.shape[1:3]
+    out_h, out_w = mp4_frame_size(h, w)
+    scale = out_h // h
+    if scale > 1:
+        video = video.repeat(scale, axis=1).repeat(scale, axis=2)
+    return np.pad(video, ((0, 0), (0, out_h - video.shape[1]), (0, out_w - video.shape[2]), (0, 0)), mode="edge")
+
+
+def _yuv420p_bt709(video: np.ndarray) -> bytes:
+    """(N, H, W, 3) uint8 RGB, H and W even, as raw planar 4:2:0 BT.709 limited-range bytes.
+    Converted here in float64 elementwise arithmetic (the same bits on every machine) rather
+    than by ffmpeg's swscale, whose SIMD paths may differ between CPUs."""
+    rgb = video.astype(np.float64) / 255.0
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    cb = (b - y) / 1.8556
+    cr = (r - y) / 1.5748
+    n, h, w = y.shape
+
+    def half(plane):   # 2x2 mean: chroma at the centre of each block
+        return plane.reshape(n, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
+
+    def quantise(plane, offset, scale):
+        return np.clip(np.rint(offset + scale * plane), 0, 255).astype(np.uint8)
+
+    planes = (quantise(y, 16.0, 219.0), quantise(half(cb), 128.0, 224.0), quantise(half(cr), 128.0, 224.0))
+    # Frame after frame, each its Y, then Cb, then Cr plane.
+    return np.concatenate([p.reshape(n, -1) for p in planes], axis=1).tobytes()
 
 
 def _mp4_bytes(frames: list[np.ndarray], fps: int) -> bytes:
-    import imageio.v3 as iio
+    import subprocess
+    import tempfile
 
-    video = np.stack([_pad_to_even(frame) for frame in frames])
-    if importlib.util.find_spec("av") is not None:
-        return iio.imwrite("<bytes>", video, extension=".mp4", plugin="pyav",
-                           codec="libx264", fps=fps, out_pixel_format="yuv420p")
-    if importlib.util.find_spec("imageio_ffmpeg") is not None:
-        return iio.imwrite("<bytes>", video, extension=".mp4", plugin="FFMPEG",
-                           fps=fps, macro_block_size=1)
-    raise RuntimeError(
-        "writing .mp4 needs an ffmpeg backend for imageio (install `av` or `imageio-ffmpeg`); "
-        "write the turntable as .gif instead"
-    )
+    if importlib.util.find_spec("imageio_ffmpeg") is None:
+        raise RuntimeError(
+            "writing .mp4 needs imageio-ffmpeg (a dreamline dependency: pip install imageio-ffmpeg); "
+            "write the turntable as .gif instead"
+        )
+    import imageio_ffmpeg
+
+    video = _mp4_frames(frames)
+    n, h, w = video.shape[:3]
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+           "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{w}x{h}", "-framerate", str(fps),
+           "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv",
+           "-i", "pipe:0", *MP4_ENCODE_FLAGS, "-f", "mp4"]
+    # The mp4 muxer seeks back (sample tables, faststart), so it writes a real file first.
+    with tempfile.TemporaryDirectory(prefix="dreamline-mp4-") as tmp:
+        out = Path(tmp) / "turntable.mp4"
+        done = subprocess.run([*cmd, str(out)], input=_yuv420p_bt709(video), capture_output=True, timeout=600)
+        if done.returncode != 0 or not out.is_file():
+            raise RuntimeError(f"ffmpeg could not encode the turntable ({n} frames of {w}x{h}, exit "
+                               f"{done.returncode}): {done.stderr.decode(errors='replace')[-2000:]}")
+        return out.read_bytes()
 
 
 def write_turntable(frames: list[np.ndarray], path: str | Path, fps: int = 12) -> Path:
-    """Frames (HxWx3 uint8) as a looping .gif, or .mp4 where imageio has an ffmpeg backend."""
+    """Frames (HxWx3 uint8, or float in [0, 1]) as a looping .gif, or as an H.264 .mp4
+    (yuv420p, `mp4_frame_size`, encoded by imageio-ffmpeg's ffmpeg) whose bytes depend on the
+    frames and fps only."""
     if not frames:
         raise ValueError("no frames to write")
     if fps <= 0:
