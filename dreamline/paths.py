@@ -19,6 +19,7 @@ ABLATION = DATA / "ablation"
 EVAL = DATA / "eval"
 EVAL_STUDIES = DATA / "eval_studies"
 REPORT = DATA / "report"
+REPORT_STUDIES = DATA / "report_studies"
 
 
 # --- confinement: paths that come from data or params never lead outside their root -------

@@ -69,14 +69,25 @@ def evaluate_studies_flow(params: Params, renders: Path = paths.RENDERS, caption
     return _evaluate(params, p, renders, captions, asset_roots, out_dir)
 
 
-REPORT_SECTIONS = ("distill", "evaluate", "evaluator", "ablation", "texture")
+REPORT_SECTIONS = ("distill", "evaluate", "evaluator")
+STUDIES_SECTIONS = ("ablation", "evaluate_studies", "texture")
 
 
 @flow(name="report")
 def report_flow(params: Params, eval_dir: Path = paths.EVAL, distill_root: Path = paths.DISTILL,
-                models_root: Path = paths.MODELS, out: Path = paths.REPORT / "index.html",
-                texture: Path = paths.DATA / "texture" / "metrics.json") -> dict:
+                models_root: Path = paths.MODELS, out: Path = paths.REPORT / "index.html") -> dict:
+    """The main run's page: the distilled assets first, then R-precision and the priors' samples."""
     # The sections the report is about, as validated (the --params file, defaults filled in).
     shown = {k: getattr(params, k).model_dump(mode="json") for k in REPORT_SECTIONS}
-    path = report_task(eval_dir, distill_root, models_root, out, texture, shown)
+    path = report_task(eval_dir, distill_root, models_root, out, None, shown)
+    return {"report": path}
+
+
+@flow(name="report-studies")
+def report_studies_flow(params: Params, eval_dir: Path = paths.EVAL_STUDIES, distill_root: Path = paths.DISTILL,
+                        models_root: Path = paths.MODELS, out: Path = paths.REPORT_STUDIES / "index.html",
+                        texture: Path = paths.DATA / "texture" / "metrics.json") -> dict:
+    """The studies' page: the guidance ablation, the 3D-only model, MVDiffusion texturing."""
+    shown = {k: getattr(params, k).model_dump(mode="json") for k in STUDIES_SECTIONS}
+    path = report_task(eval_dir, distill_root, models_root, out, texture, shown, studies=True)
     return {"report": path}

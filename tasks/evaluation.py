@@ -29,9 +29,11 @@ def evaluate_task(p, renders: Path, captions: Path, asset_roots: list[Path], out
 
 @task(name="report", cache_policy=NO_CACHE)
 def report_task(eval_dir: Path, distill_root: Path, models_root: Path, out: Path, texture: Path | None = None,
-                params: dict | None = None) -> str:
-    from dreamline.evaluation.report import build_report
+                params: dict | None = None, studies: bool = False) -> str:
+    """The main run's report, or (`studies`) the studies' page: their title and training curves."""
+    from dreamline.evaluation.report import MAIN_CURVES, STUDIES_CURVES, build_report
 
+    title, curves = ("dreamline studies", STUDIES_CURVES) if studies else ("dreamline report", MAIN_CURVES)
     return str(build_report(Path(eval_dir) / "metrics.json", Path(eval_dir) / "assets.json", Path(distill_root),
                             Path(models_root), params, Path("dvc.lock"), Path(out),
-                            Path(texture) if texture else None))
+                            Path(texture) if texture else None, title=title, curves=curves))

@@ -493,7 +493,8 @@ def test_the_analysis_sees_known_reads():
     distill_fields = {f"distill.{f}" for f in Params.model_fields["distill"].annotation.model_fields}
     assert reads("ablation") == {"ablation.guidance_types", "ablation.steps"} \
         | distill_fields - {"distill.guidance_type", "distill.steps"} | compute
-    assert {"distill", "evaluate", "evaluator", "ablation", "texture"} <= reads("report")
+    assert {"distill", "evaluate", "evaluator"} <= reads("report")
+    assert {"ablation", "evaluate_studies", "texture"} <= reads("report_studies")
     assert reads("render") == {"render", "render.backend"}
     # The comparison: a missing key, a superfluous one, a sub-key list short of a field.
     assert compare({("texture",)}, set()) == (["texture"], [])

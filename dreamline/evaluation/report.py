@@ -233,14 +233,20 @@ def asset_card(a: dict, folder: Path, grid: Path, n_captions: int | None, what: 
     return "".join(s)
 
 
+MAIN_CURVES = ("base", "mv", "agp", "evaluator")
+STUDIES_CURVES = ("mv", "mv_3d", "dreambooth", "depth", "mvdiffusion")
+
+
 def build_report(metrics_path: Path, assets_path: Path, distill_root: Path, models_root: Path,
-                 params: dict | None, lock_path: Path, out: Path, texture_path: Path | None = None) -> Path:
+                 params: dict | None, lock_path: Path, out: Path, texture_path: Path | None = None,
+                 title: str = "dreamline report", curves: tuple[str, ...] = MAIN_CURVES) -> Path:
     """`params`: the validated parameter sections to show (what the stage ran with, defaults
-    filled in), not a file read here."""
+    filled in), not a file read here. `curves`: the models (folders under `models_root`)
+    whose training loss is drawn."""
     m = json.loads(metrics_path.read_text())
     assets = json.loads(assets_path.read_text()) if assets_path.exists() else []
-    s = ["<!doctype html><html><head><meta charset='utf-8'><title>dreamline report</title>", STYLE,
-         "</head><body>", "<h1>dreamline report</h1>",
+    s = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>", STYLE,
+         "</head><body>", f"<h1>{html.escape(title)}</h1>",
          f"<p>Image-text evaluator: <b>{html.escape(m['evaluator'])}</b>; FID/IS feature network: "
          f"<b>{html.escape(m['feature_net'])}</b>. Values of the embedded default are not comparable "
          f"to the papers' (different models and feature networks).</p>", VIDEO_SCRIPT]
@@ -334,9 +340,7 @@ def build_report(metrics_path: Path, assets_path: Path, distill_root: Path, mode
 
     s.append("<h2>Training curves</h2>")
     # Each training stage's loss as DVCLive logged it (dreamline.training.common.write_dvclive).
-    s.append(line_chart({name: read_curve(models_root / name / TRAIN_LOSS)
-                         for name in ("base", "mv", "mv_3d", "agp", "evaluator", "depth", "mvdiffusion")},
-                        "training loss"))
+    s.append(line_chart({name: read_curve(models_root / name / TRAIN_LOSS) for name in curves}, "training loss"))
 
     s.append("<h2>Where this came from</h2><p class='note'>The parameters and the data version "
              "(dvc.lock: every stage's inputs and outputs by hash) this report was built from.</p>")
