@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
@@ -94,6 +95,21 @@ def record_stage_time(name: str, argv: list[str], params_path: str, started: flo
         print(f"stage {name}: could not record its time in {path}: {err}", file=sys.stderr)
 
 
+# What run_stage leaves for the line written at exit (record_stage_time's arguments).
+_AT_EXIT: dict = {}
+
+
+def _record_at_exit() -> None:
+    if _AT_EXIT.pop("pid", None) == os.getpid():     # not in a forked or spawned worker
+        record_stage_time(**_AT_EXIT)
+
+
+# Registered on import, before prefect registers anything: atexit runs its handlers last in,
+# first out, so this runs after prefect's (the temporary server's shutdown, log and event
+# flushes) and the time recorded is nearly the whole process's, as DVC waits for it.
+atexit.register(_record_at_exit)
+
+
 def _exit_code(err: SystemExit) -> int:
     return err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
 
@@ -101,7 +117,7 @@ def _exit_code(err: SystemExit) -> int:
 def run_stage(name: str, flow_ref: str, before=None, options: dict | None = None) -> None:
     """Validate params, then import and run the flow `module:function` with them.
     `options`: extra command-line flags (argparse kwargs) passed to the flow by their dest.
-    Records the process's wall time and exit code (record_stage_time), however it ends."""
+    The process's wall time and exit code are recorded when it exits (record_stage_time)."""
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}")
     parser.add_argument("--params", default="params.yaml")
     for flag, kwargs in (options or {}).items():
@@ -118,7 +134,8 @@ def run_stage(name: str, flow_ref: str, before=None, options: dict | None = None
         rc = 130
         raise
     finally:
-        record_stage_time(name, sys.argv[1:], args.params, _STARTED, rc)
+        _AT_EXIT.update(pid=os.getpid(), name=name, argv=sys.argv[1:], params_path=args.params,
+                        started=_STARTED, rc=rc)
 
 
 def _run_stage(name: str, flow_ref: str, before, options: dict | None, args) -> None:
