@@ -2,9 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import json
 import logging
 import os
 import sys
+import time
+
+# The stage's wall clock starts here: `stages/<name>.py` imports this module first, before
+# torch, prefect or the flow (the interpreter's own start, some 20 ms, is not counted).
+_STARTED = time.time()
 
 # Offline and quiet by default; set before prefect / transformers are imported.
 for key, value in {
@@ -60,14 +67,79 @@ def check_compute(stage: str, params) -> None:
         check_precision(resolve_device(params.compute.device), params.compute.precision)
 
 
+# One JSON line per stage process: {stage, argv, params, started (ISO UTC), seconds, rc, ok}.
+# Relative to the working dir (the project root under DVC), beside data/ and never inside it:
+# DVC outputs stay pure functions of their inputs. Git-ignored; `python scripts/stage_times.py`
+# reads it. DREAMLINE_STAGE_TIMES names another file (the tests point it at a temp dir).
+STAGE_TIMES = "logs/stage_times.jsonl"
+
+
+def record_stage_time(name: str, argv: list[str], params_path: str, started: float, rc: int,
+                      path: str | None = None) -> None:
+    """Append this stage run's line with one write (O_APPEND: lines of concurrent stages never
+    interleave). Never fails the stage: a log that cannot be written is only reported."""
+    from datetime import datetime, timezone
+
+    path = path or os.environ.get("DREAMLINE_STAGE_TIMES") or STAGE_TIMES
+    line = json.dumps({
+        "stage": name, "argv": list(argv), "params": params_path,
+        "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="milliseconds"),
+        "seconds": round(time.time() - started, 3), "rc": rc, "ok": rc == 0}) + "\n"
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+    except OSError as err:
+        print(f"stage {name}: could not record its time in {path}: {err}", file=sys.stderr)
+
+
+# What run_stage leaves for the line written at exit (record_stage_time's arguments).
+_AT_EXIT: dict = {}
+
+
+def _record_at_exit() -> None:
+    if _AT_EXIT.pop("pid", None) == os.getpid():     # not in a forked or spawned worker
+        record_stage_time(**_AT_EXIT)
+
+
+# Registered on import, before prefect registers anything: atexit runs its handlers last in,
+# first out, so this runs after prefect's (the temporary server's shutdown, log and event
+# flushes) and the time recorded is nearly the whole process's, as DVC waits for it.
+atexit.register(_record_at_exit)
+
+
+def _exit_code(err: SystemExit) -> int:
+    return err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
+
+
 def run_stage(name: str, flow_ref: str, before=None, options: dict | None = None) -> None:
     """Validate params, then import and run the flow `module:function` with them.
-    `options`: extra command-line flags (argparse kwargs) passed to the flow by their dest."""
+    `options`: extra command-line flags (argparse kwargs) passed to the flow by their dest.
+    The process's wall time and exit code are recorded when it exits (record_stage_time)."""
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}")
     parser.add_argument("--params", default="params.yaml")
     for flag, kwargs in (options or {}).items():
         parser.add_argument(flag, **kwargs)
-    args = parser.parse_args()
+    args = parser.parse_args()     # a bad command line (or --help) is no stage run: not recorded
+    rc = 1                         # an exception that escapes ends the process with 1
+    try:
+        _run_stage(name, flow_ref, before, options, args)
+        rc = 0
+    except SystemExit as err:
+        rc = _exit_code(err)
+        raise
+    except KeyboardInterrupt:
+        rc = 130
+        raise
+    finally:
+        _AT_EXIT.update(pid=os.getpid(), name=name, argv=sys.argv[1:], params_path=args.params,
+                        started=_STARTED, rc=rc)
+
+
+def _run_stage(name: str, flow_ref: str, before, options: dict | None, args) -> None:
     flow_kwargs = {kwargs["dest"]: getattr(args, kwargs["dest"]) for kwargs in (options or {}).values()}
     try:
         params = load_params(args.params)  # fail fast, before any work or server start

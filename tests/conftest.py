@@ -19,6 +19,8 @@ for key, value in {
     "PREFECT_HOME": os.path.join(_HOME, "prefect"), "HF_HOME": os.path.join(_HOME, "hf"),
     "MESA_SHADER_CACHE_DIR": os.path.join(_HOME, "mesa"), "PYOPENGL_PLATFORM": "osmesa",
     "PREFECT_LOGGING_LEVEL": "WARNING",
+    # stage processes run with cwd=REPO too: their timing lines go here, not to REPO/logs
+    "DREAMLINE_STAGE_TIMES": os.path.join(_HOME, "stage_times.jsonl"),
 }.items():
     os.environ[key] = value
 
