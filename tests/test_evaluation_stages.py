@@ -107,16 +107,23 @@ def test_evaluation_stages_and_report_in_a_browser(tmp_path, prefect_api_url):
     report = project.root / "data/report/index.html"
     text = report.read_text()
     assert "http://" not in text and "https://" not in text          # nothing to fetch
-    assert "Guidance ablation" in text and m["evaluator"] in text
+    assert "Guidance ablation" not in text and m["evaluator"] in text   # the studies have their own page
     # The training-loss chart, read from the DVCLive logs: the evaluator's curve is drawn.
     chart = re.search(r'<svg class="plot"[^>]*><title>training loss</title>.*?</svg>', text).group(0)
     assert ">evaluator</text>" in chart and chart.count("<polyline") >= 1
-    # Four turntables (two distilled prompts, two ablation assets), each an MP4 that plays.
-    assert text.count("<video ") == 4 and text.index("<section class='card'>") < text.index("CLIP R-precision")
+    # Two turntables (the two distilled prompts), each an MP4 that plays, before the tables.
+    assert text.count("<video ") == 2 and text.index("<section class='card'>") < text.index("CLIP R-precision")
     attrs = page_counts(require_chromium(), report)
-    assert attrs["images-total"] >= 5 and attrs["images-loaded"] == attrs["images-total"], attrs
+    assert attrs["images-total"] >= 3 and attrs["images-loaded"] == attrs["images-total"], attrs
     assert attrs["plots-total"] >= 3 and attrs["plots-drawn"] == attrs["plots-total"], attrs
-    assert attrs["videos-total"] == 4 and attrs.get("videos-loaded") == 4, attrs
+    assert attrs["videos-total"] == 2 and attrs.get("videos-loaded") == 2, attrs
+
+    project.stage("report_studies")
+    studies = (project.root / "data/report_studies/index.html").read_text()
+    assert "Guidance ablation" in studies and "dreamline studies" in studies
+    assert studies.count("<video ") == 2 and "Distilled assets" not in studies
+    attrs = page_counts(require_chromium(), project.root / "data/report_studies/index.html")
+    assert attrs["videos-total"] == 2 and attrs.get("videos-loaded") == 2, attrs
 
 
 # --------------------------------------------------------------------------- the report alone
