@@ -219,6 +219,11 @@ class TrainingParams(Strict):
     # Recompute activations in the backward pass (diffusers' enable_gradient_checkpointing,
     # on the UNets that support it): less memory, more compute, the same numbers.
     gradient_checkpointing: bool = False
+    # Min-SNR-gamma loss weighting (Hang et al. 2023; diffusers' --snr_gamma): each sample's
+    # loss weighted by min(SNR(t), gamma) / (SNR(t) + 1) for v-prediction (/ SNR(t) for
+    # epsilon), so that low-noise steps stop dominating; null: unweighted (the held-out tables
+    # are always unweighted).
+    snr_gamma: Optional[float] = Field(None, gt=0, le=1000)
 
 
 class TrainBaseParams(Strict):

@@ -213,3 +213,35 @@ def test_seeds_and_run_keys_are_stable():
     assert make_run_key(a, "data") == make_run_key(toy_params(steps=99, checkpoint_every=2), "data")
     assert make_run_key(a, "data") != make_run_key(toy_params(lr=0.01), "data")
     assert make_run_key(a, "data") != make_run_key(a, "other data")
+
+
+def test_min_snr_weighting_is_the_formula_and_only_reweights():
+    """train.snr_gamma: each sample's loss times min(SNR, gamma) / (SNR + 1) (v-prediction) or
+    / SNR (epsilon); off (None) the loss is the plain mean."""
+    from diffusers import DDPMScheduler
+
+    from dreamline.training.objectives import DenoiseBatch, denoise_loss, min_snr_weight
+
+    class Echo(torch.nn.Module):   # a fixed "UNet": its error depends on t, so weights show
+        def forward(self, x, t, **_):
+            return SimpleNamespace(sample=x * 0.5)
+
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(6, 3, 4, 4, generator=g)
+    noise = torch.randn(6, 3, 4, 4, generator=g)
+    t = torch.tensor([1, 50, 200, 500, 800, 999])
+    batch = DenoiseBatch(latents, torch.zeros(6, 2, 4), None, None)
+    unet = Echo()
+    unet.attn_processors = {}
+    for kind in ("v_prediction", "epsilon"):
+        sch = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=kind)
+        ab = sch.alphas_cumprod.double()[t]
+        snr = ab / (1 - ab)
+        expect = snr.clamp(max=5.0) / (snr + 1 if kind == "v_prediction" else snr)
+        w = min_snr_weight(sch, t, 5.0)
+        assert torch.allclose(w.double(), expect, rtol=1e-6)
+        assert w[0] < w[-2] if kind == "v_prediction" else w[0] < 1.0   # the low-noise end is damped
+        plain = denoise_loss(unet, sch, batch, noise, t, reduction="none")
+        weighted = denoise_loss(unet, sch, batch, noise, t, reduction="none", snr_gamma=5.0)
+        assert torch.allclose(weighted, plain * w, rtol=1e-5)
+        assert torch.allclose(denoise_loss(unet, sch, batch, noise, t, snr_gamma=None), plain.mean())

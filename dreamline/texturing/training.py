@@ -218,7 +218,7 @@ class CAATraining(FineTuning):
         p = self.p
         noise, t = caa_noise(batch, self.scheduler.config.num_train_timesteps, p.min_timestep,
                              p.independent_timesteps, generator)
-        return denoise_loss(self.unet, self.scheduler, batch, noise, t)
+        return denoise_loss(self.unet, self.scheduler, batch, noise, t, snr_gamma=p.train.snr_gamma)
 
     def evaluate(self) -> dict:
         p, seed, n, caa = self.p, self.p.train.seed, self.p.num_views, self.model

@@ -87,17 +87,34 @@ def own_rows(batch: DenoiseBatch, x: torch.Tensor) -> torch.Tensor:
 
 
 def denoise_loss(unet, scheduler, batch: DenoiseBatch, noise: torch.Tensor, t: torch.Tensor,
-                 reduction: str = "mean") -> torch.Tensor:
+                 reduction: str = "mean", snr_gamma: float | None = None) -> torch.Tensor:
     z_t = scheduler.add_noise(batch.latents, noise, t)
     pred = unet_forward(unet, z_t, t, batch)
     err = F.mse_loss(pred.float(), target_for(scheduler, batch.latents, noise, t).float(), reduction="none")
     per_image = err.flatten(1).mean(1)
+    if snr_gamma is not None:
+        per_image = per_image * min_snr_weight(scheduler, t, snr_gamma).to(per_image.device)
     return per_image.mean() if reduction == "mean" else per_image
 
 
-def training_loss(unet, scheduler, batch: DenoiseBatch, generator: torch.Generator) -> torch.Tensor:
+def min_snr_weight(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma weights per sample: min(SNR, gamma) / (SNR + 1) for a v-prediction
+    loss, min(SNR, gamma) / SNR for epsilon (the x0-space weight min(SNR, gamma) in both)."""
+    alpha_bar = scheduler.alphas_cumprod.to(torch.float64)[t.cpu()]
+    snr = alpha_bar / (1.0 - alpha_bar)
+    clipped = snr.clamp(max=gamma)
+    kind = scheduler.config.prediction_type
+    if kind == "v_prediction":
+        return (clipped / (snr + 1.0)).float()
+    if kind == "epsilon":
+        return (clipped / snr).float()
+    raise ValueError(f"unsupported prediction_type {kind!r}")
+
+
+def training_loss(unet, scheduler, batch: DenoiseBatch, generator: torch.Generator,
+                  snr_gamma: float | None = None) -> torch.Tensor:
     noise, t = draw_noise(batch, scheduler.config.num_train_timesteps, generator)
-    return denoise_loss(unet, scheduler, batch, noise, t)
+    return denoise_loss(unet, scheduler, batch, noise, t, snr_gamma=snr_gamma)
 
 
 @torch.no_grad()

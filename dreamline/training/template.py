@@ -209,7 +209,7 @@ class FineTuning:
         raise NotImplementedError
 
     def loss(self, model, batch, generator: torch.Generator) -> torch.Tensor:
-        return training_loss(model, self.scheduler, batch, generator)
+        return training_loss(model, self.scheduler, batch, generator, self.p.train.snr_gamma)
 
     def samples_per_step(self) -> int:
         return self.p.train.batch_size
