@@ -224,6 +224,9 @@ class TrainingParams(Strict):
     # epsilon), so that low-noise steps stop dominating; null: unweighted (the held-out tables
     # are always unweighted).
     snr_gamma: Optional[float] = Field(None, gt=0, le=1000)
+    # The LR after warmup: constant, or cosine decay to 0 at `steps` (then `steps` is part of
+    # the run key: a finished cosine run cannot be continued by raising it).
+    lr_schedule: Literal["constant", "cosine"] = "constant"
 
 
 class TrainBaseParams(Strict):

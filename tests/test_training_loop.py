@@ -245,3 +245,16 @@ def test_min_snr_weighting_is_the_formula_and_only_reweights():
         weighted = denoise_loss(unet, sch, batch, noise, t, reduction="none", snr_gamma=5.0)
         assert torch.allclose(weighted, plain * w, rtol=1e-5)
         assert torch.allclose(denoise_loss(unet, sch, batch, noise, t, snr_gamma=None), plain.mean())
+
+
+def test_cosine_lr_schedule_and_its_run_key():
+    from dreamline.config import TrainingParams
+    from dreamline.training.loop import lr_factor
+
+    assert [lr_factor(s, 4, 104, "constant") for s in (0, 3, 50, 103)] == [0.25, 1.0, 1.0, 1.0]
+    cos = [lr_factor(s, 4, 104, "cosine") for s in (0, 3, 4, 54, 104)]
+    assert cos[:3] == [0.25, 1.0, 1.0] and abs(cos[3] - 0.5) < 1e-12 and cos[4] == 0.0
+    # Constant LR: more steps continue the same run; cosine: another run.
+    const = [make_run_key(TrainingParams(steps=n)) for n in (100, 200)]
+    cosine = [make_run_key(TrainingParams(steps=n, lr_schedule="cosine")) for n in (100, 200)]
+    assert const[0] == const[1] and cosine[0] != cosine[1] and const[0] != cosine[0]

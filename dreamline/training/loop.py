@@ -81,10 +81,22 @@ _CKPT_RE = re.compile(r"^step-(\d+)\.safetensors$")
 _LEGACY_CKPT_RE = re.compile(r"^step-(\d+)\.pt$")   # torch.save pickles: never loaded
 # TrainingParams fields that cannot change the weights at a given step, so a run whose
 # params differ only in these may resume: with warmup-then-constant LR the trajectory does
-# not depend on the total step count, so raising `steps` continues a finished run.
+# not depend on the total step count, so raising `steps` continues a finished run (a cosine
+# schedule puts `steps` back into the key).
 # gradient_checkpointing recomputes the same activations: memory, not numbers.
 _NOT_IN_RUN_KEY = frozenset({"steps", "checkpoint_every", "sample_captions", "sample_steps",
                              "guidance_scale", "gradient_checkpointing"})
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    """The LR multiplier at 0-based `step`: linear warmup reaching 1 at step warmup - 1, then
+    1 (constant) or a cosine from 1 down to 0 at step `total`."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    span = max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
 
 
 def _u64(x: int) -> int:
@@ -137,7 +149,10 @@ def step_seed(seed: int, step: int) -> int:
 
 def _canonical(obj: Any) -> Any:
     if isinstance(obj, BaseModel):
-        skip = _NOT_IN_RUN_KEY if isinstance(obj, TrainingParams) else frozenset()
+        skip = frozenset()
+        if isinstance(obj, TrainingParams):
+            # A decaying LR depends on the total step count.
+            skip = _NOT_IN_RUN_KEY - ({"steps"} if obj.lr_schedule != "constant" else set())
         return {name: _canonical(getattr(obj, name))
                 for name in type(obj).model_fields if name not in skip}
     if isinstance(obj, dict):
@@ -604,9 +619,8 @@ class Trainer:
                 log.warning("train.gradient_checkpointing: no model here supports it (diffusers "
                             "enable_gradient_checkpointing); training without")
         raw = torch.optim.AdamW([q for _, q in self.trainable], lr=params.lr, weight_decay=params.weight_decay)
-        warmup = params.warmup_steps
-        # Factor for the LR used at 0-based step s: reaches 1 at step warmup - 1.
-        schedule = LambdaLR(raw, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        warmup, total, kind = params.warmup_steps, params.steps, params.lr_schedule
+        schedule = LambdaLR(raw, lambda s: lr_factor(s, warmup, total, kind))
         self._initial = (copy.deepcopy(raw.state_dict()), copy.deepcopy(schedule.state_dict()))
         self._raw_optimizer = raw
         self.optimizer = acc.prepare_optimizer(raw)
