@@ -31,6 +31,13 @@ DEFAULT_CATEGORIES = (
 )
 
 
+# The embedded default's prompts: slug -> prompt, 8 categories in 8 colours.
+DEFAULT_PROMPTS = (("red-chair", "a red chair"), ("blue-mug", "a blue mug"), ("green-car", "a green car"),
+                   ("yellow-lamp", "a yellow lamp"), ("purple-bottle", "a purple bottle"),
+                   ("orange-rocket", "an orange rocket"), ("white-snowman", "a white snowman"),
+                   ("black-table", "a black table"))
+
+
 class MirrorParams(Strict):
     categories: tuple[str, ...] = DEFAULT_CATEGORIES
     instances_per_category: int = Field(14, ge=1, le=10_000)
@@ -379,13 +386,12 @@ class ExportParams(Strict):
 
 
 class DistillParams(Strict):
-    prompts: dict[str, str] = Field(default_factory=lambda: {"red-chair": "a red chair",
-                                                             "blue-mug": "a blue mug"})
+    prompts: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_PROMPTS))
     representation_type: str = "voxel"
     representation: dict[str, Any] = Field(default_factory=dict)
     guidance_type: str = "mv-sds+agp"          # registered terms joined by "+"
     guidance: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    steps: int = Field(300, ge=1, le=10_000_000)
+    steps: int = Field(150, ge=1, le=10_000_000)
     resolution: int = Field(32, ge=8, le=1024)  # rendered views fed to the priors
     views_per_step: int = Field(4, ge=1, le=64)  # random cameras per step (sds, ism, agp alone)
     camera: DistillCameraParams = DistillCameraParams()
@@ -483,8 +489,8 @@ class AblationParams(Strict):
     """The guidance ablation (issue 6): the same prompts distilled with each guidance type,
     every other setting from the distill block."""
     guidance_types: tuple[str, ...] = ("sds", "mv-sds", "ism", "mv-sds+agp")
-    prompts: tuple[str, ...] = ("red-chair", "blue-mug")   # keys of distill.prompts
-    steps: int = Field(120, ge=1, le=10_000_000)
+    prompts: tuple[str, ...] = tuple(slug for slug, _ in DEFAULT_PROMPTS)   # keys of distill.prompts
+    steps: int = Field(150, ge=1, le=10_000_000)
 
 
 class ExecutionParams(Strict):

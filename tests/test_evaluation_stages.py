@@ -65,6 +65,8 @@ def test_evaluation_stages_and_report_in_a_browser(tmp_path, prefect_api_url):
     raw = yaml.safe_load((project.root / "params.yaml").read_text())
     raw["evaluate"]["image_quality"]["models"] = {"base": "data/models/base", "mv": "data/models/mv"}
     raw["evaluate_studies"] = {"image_quality": {"models": {"mv": "data/models/mv"}, "captions": 2, "steps": 2}}
+    raw["distill"]["prompts"] = TINY["distill"]["prompts"]           # two prompts, not the default eight
+    raw["ablation"]["prompts"] = TINY["ablation"]["prompts"]
     (project.root / "params.yaml").write_text(yaml.safe_dump(raw))
     for name in ("mirror", "curate", "caption", "render"):
         project.stage(name)

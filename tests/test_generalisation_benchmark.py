@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from conftest import REPO, make_project
@@ -112,6 +113,10 @@ def test_generalisation_run_on_a_tiny_project(tmp_path, prefect_api_url, monkeyp
 
     (tmp_path / "proj").mkdir()
     root = make_project(tmp_path / "proj", prefect_api_url, TINY).root
+    raw = yaml.safe_load((root / "params.yaml").read_text())   # two prompts, not the default eight
+    raw["distill"]["prompts"] = TINY["distill"]["prompts"]
+    raw["ablation"]["prompts"] = ["red-chair"]
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
     fake_data(root)
     save_tiny_priors(root / "data/models")
     torch.manual_seed(0)
