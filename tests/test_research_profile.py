@@ -55,6 +55,11 @@ def test_research_profile_runs_every_stage_through_dvc_repro(tmp_path, prefect_a
     project = make_project(proj, prefect_api_url)
     for item in ("profiles", "scripts"):
         shutil.copytree(REPO / item, proj / item, ignore=shutil.ignore_patterns("__pycache__"))
+    # Two of the profile's prompts: each one is a distill stage, and the point here is every
+    # kind of stage, not every prompt (the override below merges into the profile's map).
+    profile = yaml.safe_load((proj / "profiles/research.yaml").read_text())
+    profile["distill"]["prompts"] = {k: profile["distill"]["prompts"][k] for k in ("red-chair", "blue-mug")}
+    (proj / "profiles/research.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
     # "Real Objaverse": the embedded mirror generator's output as the objaverse package's cache.
     project.stage("mirror")
     home = objaverse_home(proj / "data/mirror", tmp_path / "home")
