@@ -189,3 +189,27 @@ def require_model(path: str, key: str) -> None:
     except UnsafeWeightsError as err:
         print(err, file=sys.stderr)
         sys.exit(2)
+
+
+def require_evaluator(folder: str, key: str = "evaluate.evaluator") -> None:
+    """Stop before any work unless `folder` is an evaluator folder (train_evaluator's, or a
+    transformers CLIP folder) whose weights are safetensors."""
+    from pathlib import Path
+
+    from dreamline.models.weights import UnsafeWeightsError, require_safetensors
+
+    ev = Path(folder)
+    if not ((ev / "evaluator.json").is_file() or (ev / "config.json").is_file()):
+        print(f"{key}: {ev} is not an evaluator folder (run train_evaluator)", file=sys.stderr)
+        sys.exit(2)
+    try:
+        require_safetensors(ev, key)
+    except UnsafeWeightsError as err:
+        print(err, file=sys.stderr)
+        sys.exit(2)
+
+
+def require_models(models: dict[str, str], key: str) -> None:
+    """require_model for each named folder of an `image_quality.models` block."""
+    for name, path in models.items():
+        require_model(path, f"{key}.{name}")

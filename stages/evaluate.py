@@ -1,12 +1,10 @@
 """DVC stage `evaluate`: `python -m stages.evaluate [--params params.yaml]`."""
-from stages._common import require_model, run_stage
-from stages.evaluate_studies import require_evaluator
+from stages._common import require_evaluator, require_models, run_stage
 
 
 def _inputs(params) -> None:
     require_evaluator(params.evaluate.evaluator)
-    for name, path in params.evaluate.image_quality.models.items():
-        require_model(path, f"evaluate.image_quality.models.{name}")
+    require_models(params.evaluate.image_quality.models, "evaluate.image_quality.models")
 
 
 if __name__ == "__main__":
