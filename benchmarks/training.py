@@ -2,13 +2,14 @@
 
     python benchmarks/training.py [--steps 20] [--warmup 3] [--out benchmarks/results/training.json]
 
-Four timed loops over the same UNet config (params.yaml train_base.unet) and batch size,
+Five timed loops over the same UNet config (params.yaml train_base.unet) and batch size,
 synthetic data (the cost of the data path is part of the harness and is measured with it):
 
 1. bare: a plain diffusers + torch loop (UNet2DConditionModel, DDPMScheduler.add_noise,
    v-target, AdamW, backward) written inline here;
 2. harness: dreamline.training.loop.Trainer with the base objective (EMA, clipping,
-   schedule, per-step generators, curve logging; checkpoints off during the timing);
+   schedule, per-step generators, curve logging; checkpoints off during the timing), in
+   fp32 and again under bf16 autocast (``compute.precision: bf16``);
 3. multiview F=4: the converted MVDream UNet, batches of B objects x 4 views, joint attention;
 4. multiview off: the same model and batch with num_views=1 (per-view attention).
 Each figure is the median seconds per step after `--warmup` steps, and samples per second.
@@ -58,7 +59,7 @@ def main() -> None:
 
     from dreamline.config import TrainingParams, load_params
     from dreamline.models.unet import build_unet, to_multiview
-    from dreamline.training.loop import Trainer
+    from dreamline.training.loop import Compute, Trainer
     from dreamline.training.objectives import DenoiseBatch, training_loss
 
     torch.set_num_threads(args.threads)
@@ -99,8 +100,6 @@ def main() -> None:
     print(f"UNet {results['params_M']} M params, batch {bs} x {c}x{hw}x{hw}, {args.threads} threads")
     record("bare_diffusers_torch", _time_steps(bare_step, args.steps, args.warmup), bs)
 
-    torch.manual_seed(0)
-    unet = build_unet(p.unet, in_channels=c, sample_size=hw, cross_attention_dim=D)
     batch = DenoiseBatch(x0, states, mask, None, 1)
     tp = TrainingParams(steps=args.steps + args.warmup, batch_size=bs, checkpoint_every=10**6,
                         log_every=1, threads=args.threads)
@@ -110,11 +109,20 @@ def main() -> None:
         stamps.append(time.perf_counter())
         return batch
 
-    with tempfile.TemporaryDirectory() as tmp:
-        Trainer(unet, tp, Path(tmp), make_batch, lambda m, b, gen: training_loss(m, sched, b, gen),
-                samples_per_step=bs, run_key="bench").run()
-    harness = [b - a for a, b in zip(stamps[args.warmup:], stamps[args.warmup + 1:])]
-    record("dreamline_trainer", harness, bs)
+    def harness_run(name, compute=None):
+        torch.manual_seed(0)
+        model = build_unet(p.unet, in_channels=c, sample_size=hw, cross_attention_dim=D)
+        stamps.clear()
+        with tempfile.TemporaryDirectory() as tmp:
+            Trainer(model, tp, Path(tmp), make_batch, lambda m, b, gen: training_loss(m, sched, b, gen),
+                    samples_per_step=bs, run_key="bench", compute=compute).run()
+        record(name, [b - a for a, b in zip(stamps[args.warmup:], stamps[args.warmup + 1:])], bs)
+
+    harness_run("dreamline_trainer")
+    # compute.precision bf16: autocast around the loss, fp32 weights and optimiser (loop.Compute)
+    harness_run("dreamline_trainer_bf16", Compute(device="cpu", precision="bf16"))
+    results["bf16_speedup"] = round(results["dreamline_trainer"]["s_per_step_median"]
+                                    / results["dreamline_trainer_bf16"]["s_per_step_median"], 2)
     results["harness_overhead_pct"] = round(
         100 * (results["dreamline_trainer"]["s_per_step_median"] / results["bare_diffusers_torch"]["s_per_step_median"] - 1), 1)
 
