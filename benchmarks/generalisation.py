@@ -36,7 +36,9 @@ repository root. No network. With the default 13 prompts and params.yaml's disti
    `distill.prompts` value) plus all the benchmark's prompts: each asset's own prompt is the
    true caption, the other benchmark prompts are distractors too. Note that a paraphrase
    competes with its plain wording when that is a distill prompt ("a scarlet seat" with
-   "a red chair").
+   "a red chair"), which the best red chair loses; so each paraphrase is also ranked by its
+   meaning: the plain wording of its category and colour ("a red chair") among the captions
+   with the paraphrase taken out (rows "by meaning", summary "paraphrase:by meaning").
 
 Printed: the check, then per prompt the colour median rank, colour R@1 and R@5 (the share of
 the `evaluate.azimuths` views whose own prompt ranks first / in the top 5) and the same for the
@@ -230,6 +232,32 @@ def caption_set(params, renders: Path, captions: Path, prompts: list[str]) -> tu
                    "n_benchmark_prompts": len(set(prompts))}
 
 
+def plain_wording(category: str, colour: str) -> str:
+    """The corpus's own words for a category and colour: "a red chair", "an orange tree"."""
+    return f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {category}"
+
+
+def meaning_ranks(rows: list[dict], texts: list[str], evaluator, meanings: dict[str, str]) -> None:
+    """For an asset whose prompt has a plain wording other than itself (a paraphrase: "a scarlet
+    seat" means "a red chair"), the ranks of that wording among the captions with the prompt
+    taken out ("meaning_ranks_colour" / "_geo"): whether the evaluator names the asset by what
+    the prompt means. The prompt's own ranks set the paraphrase against its plain wording when
+    that is a caption too, which the best red chair loses; this asks the generator's question
+    apart from the evaluator's grasp of rare words. Drops the rows' embeddings."""
+    from dreamline.evaluation.metrics import retrieval_ranks
+
+    for row in rows:
+        embeddings = row.pop("embeddings", None)
+        plain = meanings.get(row["prompt"])
+        if embeddings is None or not plain or plain == row["prompt"]:
+            continue
+        others = sorted((set(texts) - {row["prompt"]}) | {plain})
+        text_emb = evaluator.embed_texts(others)
+        for kind, emb in embeddings.items():
+            row[f"meaning_ranks_{kind}"] = retrieval_ranks(emb, text_emb, [others.index(plain)] * len(emb)).tolist()
+        row["meaning"] = plain
+
+
 def per_asset(row: dict) -> dict:
     """Median rank and R@1 / R@5 (shares of views) of one asset's colour and geo renders."""
     import numpy as np
@@ -240,10 +268,16 @@ def per_asset(row: dict) -> dict:
         out[f"{kind}_median_rank"] = float(np.median(ranks))
         out[f"{kind}_R@1"] = round(float((ranks <= 1).mean()), 4)
         out[f"{kind}_R@5"] = round(float((ranks <= 5).mean()), 4)
+        if f"meaning_ranks_{kind}" in row:
+            ranks = np.asarray(row[f"meaning_ranks_{kind}"])
+            out[f"meaning_{kind}_median_rank"] = float(np.median(ranks))
+            out[f"meaning_{kind}_R@1"] = round(float((ranks <= 1).mean()), 4)
+            out[f"meaning_{kind}_R@5"] = round(float((ranks <= 5).mean()), 4)
     return out
 
 
-def evaluate_folders(params, folders: list[Path], texts: list[str], grids: Path) -> dict:
+def evaluate_folders(params, folders: list[Path], texts: list[str], grids: Path,
+                     meanings: dict[str, str] | None = None) -> dict:
     """The evaluate stage's asset rows for `folders` against `texts` (each asset's prompt
     must be one), with the evaluator of params.evaluate.evaluator on params.compute's
     device: {"evaluator", "rows" (evaluate_assets + per_asset), "summary" (summarise_assets)}."""
@@ -256,7 +290,8 @@ def evaluate_folders(params, folders: list[Path], texts: list[str], grids: Path)
     evaluator = load_evaluator(p.evaluator, device, precision)
     text_emb = evaluator.embed_texts(list(texts))
     rows = evaluate_assets(p, evaluator, list(folders), list(texts), text_emb, Path(grids),
-                           params.distill.camera.radius, device)
+                           params.distill.camera.radius, device, keep_embeddings=True)
+    meaning_ranks(rows, list(texts), evaluator, meanings or {})
     for row, folder in zip(rows, folders):
         summary = Path(folder) / "summary.json"
         row["distill_key"] = json.loads(summary.read_text()).get("key") if summary.is_file() else None
@@ -339,6 +374,10 @@ def print_results(rows: list[dict], summaries: dict, counts: dict, log=print) ->
     for r in rows:
         log(f"{r['prompt'][:28]:28} {r['kind']:12} {_fmt(r['unseen']):6} {r['colour_median_rank']:7.1f} "
             f"{r['colour_R@1']:7.3f} {r['colour_R@5']:7.3f} {r['geo_R@1']:7.3f} {r['geo_R@5']:7.3f}")
+        if "meaning" in r:
+            log(f"{'  as ' + r['meaning']:28} {'by meaning':12} {'':6} {r['meaning_colour_median_rank']:7.1f} "
+                f"{r['meaning_colour_R@1']:7.3f} {r['meaning_colour_R@5']:7.3f} {r['meaning_geo_R@1']:7.3f} "
+                f"{r['meaning_geo_R@5']:7.3f}")
     log(f"\n{counts['n_captions']} captions: {counts['n_test_captions']} test captions, "
         f"{counts['n_distill_prompts']} distill prompts, {counts['n_benchmark_prompts']} benchmark prompts")
     for name, s in summaries.items():
@@ -403,7 +442,8 @@ def main(argv=None) -> int:
     from stages._common import configure_process
 
     configure_process("evaluate", params)          # the evaluate stage's threads
-    result = evaluate_folders(params, folders, texts, out / "grids")
+    meanings = {p.text: plain_wording(p.category, p.colour) for p in prompts if p.category and p.colour}
+    result = evaluate_folders(params, folders, texts, out / "grids", meanings)
     by_prompt = {c["prompt"]: c for c in check}
     rows = []
     for r in result["rows"]:
@@ -416,6 +456,10 @@ def main(argv=None) -> int:
         groups[kind] = [r for r in rows if r["kind"] == kind]
     groups["combination:unseen"] = [r for r in rows if r["kind"] == "combination" and r["unseen"]]
     summaries = {name: summarise_assets(g, params.evaluate) for name, g in groups.items() if g}
+    by_meaning = [{**r, "ranks_colour": r["meaning_ranks_colour"], "ranks_geo": r["meaning_ranks_geo"]}
+                  for r in rows if "meaning_ranks_colour" in r]
+    if by_meaning:
+        summaries["paraphrase:by meaning"] = summarise_assets(by_meaning, params.evaluate)
     print_results(rows, summaries, counts)
 
     from dreamline.lineage.trace import git_commit

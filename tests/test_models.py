@@ -1,6 +1,8 @@
 """Model side of MVDream / SweetDreamer: codec, text encoding, camera UNet, multi-view attention."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -219,3 +221,31 @@ def test_encode_text_minilm(minilm):
     assert len(cache) == 2
     assert torch.allclose(cached[1], states[0], atol=1e-6) and torch.allclose(cached[0], states[1], atol=1e-6)
     assert torch.equal(cached_mask[0], mask[1])
+
+
+def test_pooled_text_token(tmp_path):
+    """train_base.pooled_text_token: the sentence embedding leads the token states, the mark
+    travels with a saved text encoder, and paraphrases land closer on it than on the tokens."""
+    from transformers import AutoModel
+
+    from dreamline.models.text import POOLED_TOKEN, encode_text, load_minilm
+
+    plain, tokenizer = load_minilm()
+    marked, _ = load_minilm(pooled_token=True)
+    texts = ["a red chair", "a scarlet seat", "a blue car", ""]
+    states, mask = encode_text(plain, tokenizer, texts, max_tokens=16)
+    pooled, pmask = encode_text(marked, tokenizer, texts, max_tokens=16)
+    assert pooled.shape == (4, 17, 384) and pmask.shape == (4, 17)
+    assert torch.equal(pooled[:, 1:], states) and torch.equal(pmask[:, 1:], mask)
+    assert pmask[:, 0].eq(1).all()
+    assert torch.allclose(pooled[:, 0].norm(dim=-1), torch.full((4,), 384 ** 0.5), atol=1e-3)
+    lead = torch.nn.functional.normalize(pooled[:, 0], dim=-1)
+    # "a scarlet seat" is nearer "a red chair" than "a blue car" is, on the sentence embedding
+    assert float(lead[0] @ lead[1]) > float(lead[2] @ lead[1])
+
+    marked.save_pretrained(tmp_path / "te")
+    assert json.loads((tmp_path / "te/config.json").read_text())[POOLED_TOKEN] is True
+    again = AutoModel.from_pretrained(tmp_path / "te", use_safetensors=True)
+    assert torch.equal(encode_text(again, tokenizer, texts, max_tokens=16)[0], pooled)
+    plain.save_pretrained(tmp_path / "plain")
+    assert POOLED_TOKEN not in json.loads((tmp_path / "plain/config.json").read_text())

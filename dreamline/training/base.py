@@ -27,7 +27,7 @@ def build_components(p: TrainBaseParams):
     from dreamline.models.text import load_minilm
     from dreamline.models.unet import build_unet
 
-    text_encoder, tokenizer = load_minilm()
+    text_encoder, tokenizer = load_minilm(pooled_token=p.pooled_text_token)
     codec = PixelUnshuffleCodec(factor=p.unshuffle)
     unet = build_unet(p.unet, in_channels=3 * p.unshuffle ** 2, sample_size=p.resolution // p.unshuffle,
                       cross_attention_dim=text_encoder.config.hidden_size)
