@@ -145,9 +145,19 @@ def test_generalisation_run_on_a_tiny_project(tmp_path, prefect_api_url, monkeyp
             assert len(row[f"ranks_{kind}"]) == TINY["evaluate"]["azimuths"]
             assert all(1 <= x <= n for x in row[f"ranks_{kind}"])
             assert 1 <= row[f"{kind}_median_rank"] <= n and 0 <= row[f"{kind}_R@1"] <= row[f"{kind}_R@5"] <= 1
+    # The paraphrase is also ranked by its meaning: "a red chair" among the captions less itself.
+    scarlet = rows["a scarlet seat"]
+    assert scarlet["meaning"] == "a red chair" and "embeddings" not in scarlet
+    for kind in ("colour", "geo"):
+        assert len(scarlet[f"meaning_ranks_{kind}"]) == TINY["evaluate"]["azimuths"]
+        assert all(1 <= x <= n - 1 for x in scarlet[f"meaning_ranks_{kind}"])
+        assert 0 <= scarlet[f"meaning_{kind}_R@1"] <= scarlet[f"meaning_{kind}_R@5"] <= 1
+    assert "meaning" not in rows["a green mug"]     # a combination is its own plain wording
     assert not (root / "data/distill").exists()
     assert r["summary"]["all"]["n_assets"] == 2 and set(r["summary"]) == {"all", "paraphrase", "combination",
-                                                                         "combination:unseen"}
+                                                                         "combination:unseen",
+                                                                         "paraphrase:by meaning"}
+    assert r["summary"]["paraphrase:by meaning"]["n_assets"] == 1
     assert 0 <= r["summary"]["all"]["colour_R@1"] <= r["summary"]["all"]["colour_R@5"] <= 1
     assert [c["unseen"] for c in r["seen_check"]] == [False, True] and r["evaluator"] == "lit-test"
     assert r["overrides"]["steps"] == 2 and r["distill"]["steps"] == 2 and "--steps 2" in r["command"]
