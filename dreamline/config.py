@@ -406,6 +406,9 @@ class DistillParams(Strict):
     # the bounding sphere (invisible on the white background the priors know).
     lambda_opacity: float = Field(1000.0, ge=0.0)
     lambda_orientation: float = Field(0.01, ge=0.0)
+    # Binary entropy of each pixel's opacity (threestudio's lambda_opaque): pushes the render to
+    # solid or empty, against the semi-transparent haze a density field settles in.
+    lambda_opaque: float = Field(0.0, ge=0.0)
     grad_clip: float = Field(0.0, ge=0.0)          # 0: off
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)
@@ -452,6 +455,9 @@ class EvaluatorParams(Strict):
     steps: int = Field(400, ge=1, le=1_000_000)
     batch_size: int = Field(128, ge=2, le=65_536)
     lr: float = Field(1e-3, gt=0.0)
+    # Train on each view's textureless version too (white, headlight-shaded, as the geo renders
+    # of assets are): trained on colour alone the evaluator cannot read a shape without its colour.
+    textureless_views: bool = True
     threads: int = Field(2, ge=1, le=256)
     seed: int = 0
 

@@ -178,14 +178,19 @@ def require_model(path: str, key: str) -> None:
     weights only in pickle formats (which can run code when loaded)."""
     from pathlib import Path
 
-    from dreamline.models.weights import UnsafeWeightsError, require_safetensors
-
     if not (Path(path) / "model_index.json").is_file():
         print(f"{key}: {path} has no model_index.json (run the stage that trains it, or point "
               f"{key} at a diffusers folder)", file=sys.stderr)
         sys.exit(2)
+    _require_safe_weights(path, key)
+
+
+def _require_safe_weights(folder, key: str) -> None:
+    """Exit 2 with the reason when `folder` holds weights only in pickle formats."""
+    from dreamline.models.weights import UnsafeWeightsError, require_safetensors
+
     try:
-        require_safetensors(path, key)
+        require_safetensors(folder, key)
     except UnsafeWeightsError as err:
         print(err, file=sys.stderr)
         sys.exit(2)
@@ -196,17 +201,11 @@ def require_evaluator(folder: str, key: str = "evaluate.evaluator") -> None:
     transformers CLIP folder) whose weights are safetensors."""
     from pathlib import Path
 
-    from dreamline.models.weights import UnsafeWeightsError, require_safetensors
-
     ev = Path(folder)
     if not ((ev / "evaluator.json").is_file() or (ev / "config.json").is_file()):
         print(f"{key}: {ev} is not an evaluator folder (run train_evaluator)", file=sys.stderr)
         sys.exit(2)
-    try:
-        require_safetensors(ev, key)
-    except UnsafeWeightsError as err:
-        print(err, file=sys.stderr)
-        sys.exit(2)
+    _require_safe_weights(ev, key)
 
 
 def require_models(models: dict[str, str], key: str) -> None:

@@ -74,6 +74,9 @@ def test_evaluation_stages_and_report_in_a_browser(tmp_path, prefect_api_url):
     project.stage("train_evaluator")
     ev = json.loads((project.root / "data/models/evaluator/summary.json").read_text())
     assert ev["retrieval"]["val"]["n_captions"] >= 2 and "lit-minilm-effnetlite0" in ev["evaluator"]
+    # Trained on textureless views too, and checked on the held-out ones.
+    geo_val = ev["retrieval"]["val"]["textureless"]
+    assert geo_val["n_captions"] == ev["retrieval"]["val"]["n_captions"] and 0.0 <= geo_val["R@1"] <= 1.0
     # Its curve through DVCLive (train/loss, train/temperature per step), no curve.csv.
     live = project.root / "data/models/evaluator/dvclive"
     assert not (live.parent / "curve.csv").exists()
@@ -89,6 +92,9 @@ def test_evaluation_stages_and_report_in_a_browser(tmp_path, prefect_api_url):
     assert m["evaluator"] == ev["evaluator"] and "efficientnet-lite0" in m["feature_net"]
     real = m["r_precision"]["real_test"]
     assert real["n_captions"] >= 3 and 0.0 <= real["R@1"] <= 1.0
+    # The geo ceiling: the same real views, textureless.
+    geo = m["r_precision"]["real_test_geo"]
+    assert (geo["n_images"], geo["n_units"], geo["n_captions"]) == (real["n_images"], real["n_units"], real["n_captions"])
     assert set(m["assets"]) == {"distill:mv-sds+agp"}
     assert m["assets"]["distill:mv-sds+agp"]["n_assets"] == 2
     assert set(m["image_quality"]) == {"real", "base", "mv"} and m["image_quality"]["mv"]["FID"] >= 0

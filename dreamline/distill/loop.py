@@ -168,6 +168,12 @@ def distill(p: DistillParams, prompt: str, priors: PriorCache, work_dir: Path, k
             total = total + p.lambda_orientation * out.orientation
         if p.lambda_opacity > 0:
             total = total + p.lambda_opacity * out.opacity.mean()
+        if p.lambda_opaque > 0:
+            o = out.opacity.clamp(1e-5, 1.0 - 1e-5)
+            total = total + p.lambda_opaque * -(o * o.log() + (1.0 - o) * (1.0 - o).log()).mean()
+        reg = rep.regulariser()
+        total = total + reg
+        row["regulariser"] = round(float(reg.detach()), 6)
         row["orientation"] = round(float(out.orientation.detach()), 6)
         row["opacity"] = round(float(out.opacity.detach().mean()), 4)
         row["loss"] = round(float(total.detach()), 6)

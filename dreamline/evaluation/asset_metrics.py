@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from dreamline.distill.sampling import azimuth_ring, fixed_views
+from dreamline.evaluation.textureless import AMBIENT
 from dreamline.rendering.cameras import Camera
 from dreamline.rendering.reprojection import overlap_psnr, warp
 
@@ -41,7 +42,7 @@ def render_asset(rep, n_views: int, elevation: float, resolution: int, radius: f
     """Rendered on the representation's device; what comes back is on the CPU."""
     az = azimuth_ring(n_views)
     device = rep.device
-    views = fixed_views(az, elevation, FOV, radius, resolution, device=device)
+    views = fixed_views(az, elevation, FOV, radius, resolution, ambient=AMBIENT, device=device)
     white = torch.ones(n_views, 3, resolution, resolution, device=device)
     colour = rep.render(views.cams, "lambertian", views.light, white).rgb.clamp(0, 1).cpu()
     geo = rep.render(views.cams, "textureless", views.light, white).rgb.clamp(0, 1).cpu()

@@ -1,5 +1,5 @@
 """The `evaluate` stage's work: R-precision (colour and geo) of distilled assets with the
-real test renders as the ceiling row, multi-view consistency and the Janus proxy, and the
+real test renders (in colour, and shaded textureless for geo) as the ceiling rows, multi-view consistency and the Janus proxy, and the
 image quality (FID / IS / CLIP score) of each model's samples. Every aggregate carries its
 sample count and a bootstrap interval over independent units (objects, assets, captions).
 
@@ -21,6 +21,7 @@ from dreamline.evaluation.asset_metrics import consistency_psnr, janus_score, re
 from dreamline.evaluation.evaluator import load_evaluator
 from dreamline.evaluation.metrics import (bootstrap_ci, clip_score, frechet_distance, inception_score,
                                           retrieval_ranks)
+from dreamline.evaluation.textureless import textureless_views
 from dreamline.evaluation.towers import FEATURE_NET, EfficientNetLite0
 from dreamline.evaluation.train_evaluator import real_views
 from dreamline.models.grid import grid_image
@@ -184,9 +185,12 @@ def evaluate(p: EvaluateParams, renders: Path, captions: Path, asset_roots: list
     log(f"evaluate: {len(folders)} assets, {len(rows)} real test views, {len(texts)} captions")
 
     real_emb = evaluator.embed_images(images)
+    true_idx, uids = rows["caption"].map(index).to_numpy(), rows["uid"].to_numpy()
+    # The geo ceiling: the same real views shaded textureless, as the assets' geo renders are.
+    geo_emb = evaluator.embed_images(textureless_views(renders, rows, p.resolution))
     metrics = {"evaluator": evaluator.name, "feature_net": FEATURE_NET,
-               "r_precision": {"real_test": _rp_row(real_emb, text_emb, rows["caption"].map(index).to_numpy(),
-                                                    rows["uid"].to_numpy(), p)}}
+               "r_precision": {"real_test": _rp_row(real_emb, text_emb, true_idx, uids, p),
+                               "real_test_geo": _rp_row(geo_emb, text_emb, true_idx, uids, p)}}
     asset_rows = evaluate_assets(p, evaluator, folders, texts, text_emb, out_dir / "grids", radius, device)
     groups: dict[str, list[dict]] = {}
     for r in asset_rows:

@@ -276,10 +276,13 @@ def build_report(metrics_path: Path, assets_path: Path, distill_root: Path, mode
 
     s.append("<h2>CLIP R-precision</h2><p class='note'>Renders at "
              "fixed azimuths; the true prompt ranked against every test caption and every distilled "
-             "prompt (distractors). Real renders of test objects are the ceiling row. Intervals: "
+             "prompt (distractors). Real renders of test objects are the ceiling row (geo: the same views "
+             "shaded textureless, as the assets' geo renders are). Intervals: "
              "bootstrap over objects / assets.</p>")
+    real_geo = m["r_precision"].get("real_test_geo", {})
     rows = [{"row": "real test renders (ceiling)", "n": real["n_units"], "captions": real["n_captions"],
-             "R@1 colour": real["R@1"], "R@1 ci95": real["R@1_ci95"], "R@5 colour": real["R@5"]}]
+             "R@1 colour": real["R@1"], "R@1 ci95": real["R@1_ci95"], "R@5 colour": real["R@5"],
+             "R@1 geo": real_geo.get("R@1"), "R@5 geo": real_geo.get("R@5")}]
     for name, a in m.get("assets", {}).items():
         rows.append({"row": name, "n": a["n_assets"], "captions": real["n_captions"],
                      "R@1 colour": a["colour_R@1"], "R@1 ci95": a["colour_R@1_ci95"], "R@5 colour": a["colour_R@5"],

@@ -203,6 +203,11 @@ class Representation(torch.nn.Module):
         """(M, 3) albedo in [0, 1] at world points (M, 3)."""
         raise NotImplementedError
 
+    def regulariser(self) -> torch.Tensor:
+        """The representation's own prior on its parameters (smoothness), already weighted by
+        its config; added to the distillation loss each step."""
+        return torch.zeros((), device=self.device)
+
     def post_step(self, step: int) -> None:
         """Hook after each optimiser step (pruning, clamping)."""
 

@@ -5,7 +5,8 @@ Density sigma = softplus(grid + bias + blob * (1 - r / blob_radius)): the blob (
 threestudio) starts the optimisation from a ball instead of empty space. Normals are
 -grad(sigma) / |grad(sigma)|, from central differences of the pre-activation field (the
 direction is the same, softplus being monotonic) sampled trilinearly, so shading and the
-orientation loss send gradients to the density grid.
+orientation loss send gradients to the density grid. Optional total-variation priors on the
+density and albedo grids (`tv_density`, `tv_albedo`) smooth what SDS leaves as per-cell noise.
 """
 from __future__ import annotations
 
@@ -19,6 +20,12 @@ from dreamline.representations.base import (
     REPRESENTATIONS, BackgroundMLP, Cameras, Lighting, Representation, RenderOutput, canonical,
     grid_points, orientation_penalty, shade,
 )
+
+
+def total_variation(grid: torch.Tensor) -> torch.Tensor:
+    """Sum of squared differences between face-neighbouring cells of a (1, C, z, y, x) grid."""
+    return sum(((grid.narrow(d, 1, grid.shape[d] - 1) - grid.narrow(d, 0, grid.shape[d] - 1)) ** 2).sum()
+               for d in (2, 3, 4))
 
 
 @REPRESENTATIONS.implements(VoxelParams)
@@ -44,6 +51,13 @@ class VoxelField(Representation):
                 {"params": [self.albedo], "lr": self.p.lr_albedo, "name": "albedo"},
                 {"params": list(self.background.parameters()), "lr": self.p.lr_background,
                  "name": "background"}]
+
+    def regulariser(self) -> torch.Tensor:
+        loss = torch.zeros((), device=self.density.device)
+        for weight, grid in ((self.p.tv_density, self.density), (self.p.tv_albedo, self.albedo)):
+            if weight > 0:
+                loss = loss + weight * total_variation(grid)
+        return loss
 
     def _field(self) -> torch.Tensor:
         """(1, 7, z, y, x): pre-activation density, its gradient (x, y, z), albedo logits."""

@@ -79,10 +79,11 @@ CURVE_COLUMNS = ("step", "loss", "lr")
 _STEP_SEED_TAG = 0x5354_4550
 _CKPT_RE = re.compile(r"^step-(\d+)\.safetensors$")
 _LEGACY_CKPT_RE = re.compile(r"^step-(\d+)\.pt$")   # torch.save pickles: never loaded
-# TrainingParams fields that cannot change the weights at a given step, so a run whose
-# params differ only in these may resume: with warmup-then-constant LR the trajectory does
-# not depend on the total step count, so raising `steps` continues a finished run (a cosine
-# schedule puts `steps` back into the key).
+# TrainingParams fields that cannot change the weights at a given step, so the loop lets a
+# run whose params differ only in these resume: with warmup-then-constant LR the trajectory
+# does not depend on the total step count (a cosine schedule puts `steps` back into the key).
+# The training stages are stricter: their run key (dreamline.training.common.run_key) holds
+# `steps`, so a stage given more steps trains again from step 0.
 # gradient_checkpointing recomputes the same activations: memory, not numbers.
 _NOT_IN_RUN_KEY = frozenset({"steps", "checkpoint_every", "sample_captions", "sample_steps",
                              "guidance_scale", "gradient_checkpointing"})
