@@ -3,7 +3,7 @@
     . scripts/env.sh
     python benchmarks/generalisation.py [--prompts-file FILE] [--out /tmp/dreamline-generalisation] \
         [--params params.yaml] [--steps N] [--guidance TYPE] [--seed S] [--set KEY=VALUE ...] \
-        [--json benchmarks/results/generalisation.json]
+        [--score-only] [--evaluator FOLDER] [--json benchmarks/results/generalisation.json]
 
 Needs a reproduced pipeline up to the priors and the evaluator (`dvc repro train_mv train_agp
 train_evaluator`, which brings data/renders and data/captions with them); run it from the
@@ -27,7 +27,8 @@ repository root. No network. With the default 13 prompts and params.yaml's disti
    --params ...` (what `dreamline generate` runs: params.yaml's distill block with the
    prompt added, `--steps`/`--guidance`/`--seed`/`--set` passed through), one Prefect API
    shared by all of them. A folder already holding this asset (same distill key) is kept, so
-   a second run only evaluates. The assets go under `--out`, never under data/ (generate's
+   a second run only evaluates (`--score-only` distils nothing and scores the folders under
+   `--out` whatever made them, e.g. with another `--evaluator`). The assets go under `--out`, never under data/ (generate's
    scratch checkpoints live in data/checkpoints/distill/<slug> while it runs, as always).
 4. Every asset is scored by the evaluate stage's own code
    (dreamline.evaluation.evaluate.evaluate_assets / summarise_assets, the evaluator of
@@ -398,6 +399,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=None, help="generate --seed")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="generate --set (any distill key; repeatable)")
+    ap.add_argument("--score-only", action="store_true",
+                    help="distil nothing: score the asset folders already under --out (out/<slug>, whatever "
+                         "settings made them), e.g. with another --evaluator")
+    ap.add_argument("--evaluator", type=Path, default=None, help="evaluator folder (default: evaluate.evaluator)")
     ap.add_argument("--renders", type=Path, default=Path("data/renders"))
     ap.add_argument("--captions", type=Path, default=Path("data/captions/captions.parquet"))
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/generalisation.json")
@@ -417,6 +422,9 @@ def main(argv=None) -> int:
     except (ParamsError, ValueError, click.ClickException) as err:
         print(err, file=sys.stderr)
         return 2
+    if args.evaluator is not None:
+        params = params.model_copy(update={"evaluate": params.evaluate.model_copy(
+            update={"evaluator": str(args.evaluator)})})
     prompts = unique_by_slug(read_prompts(args.prompts_file) if args.prompts_file else default_prompts())
     if not prompts:
         ap.error("no prompts")
@@ -433,11 +441,20 @@ def main(argv=None) -> int:
     check = seen_check(prompts, args.captions)
     print_check(check, args.captions)
     texts, counts = caption_set(params, args.renders, args.captions, [p.text for p in prompts])
-    print(f"\n{len(prompts)} prompts, {counts['n_captions']} captions; distilling "
-          f"{params.distill.guidance_type} x {params.distill.representation_type}, {params.distill.steps} steps")
+    if args.score_only:
+        from flows.cli import _slug
 
-    with prefect_api() as url:
-        folders = generate(prompts, out, args.params, url, args.steps, args.guidance, args.seed, args.sets)
+        folders = [out / _slug(p.text) for p in prompts]
+        missing = [str(f) for f in folders if not (f / "summary.json").is_file()]
+        if missing:
+            print(f"--score-only: no asset in {', '.join(missing)}", file=sys.stderr)
+            return 2
+        print(f"\n{len(prompts)} prompts, {counts['n_captions']} captions; scoring the assets under {out}")
+    else:
+        print(f"\n{len(prompts)} prompts, {counts['n_captions']} captions; distilling "
+              f"{params.distill.guidance_type} x {params.distill.representation_type}, {params.distill.steps} steps")
+        with prefect_api() as url:
+            folders = generate(prompts, out, args.params, url, args.steps, args.guidance, args.seed, args.sets)
 
     from stages._common import configure_process
 
@@ -470,6 +487,7 @@ def main(argv=None) -> int:
         "git_commit": git_commit(ROOT),
         "params": str(args.params), "params_sha256": hashlib.sha256(args.params.read_bytes()).hexdigest(),
         "overrides": {"steps": args.steps, "guidance": args.guidance, "seed": args.seed, "set": args.sets},
+        "score_only": args.score_only,
         "distill": {k: getattr(params.distill, k) for k in ("guidance_type", "representation_type", "steps", "seed")},
         "evaluate": params.evaluate.model_dump(mode="json", exclude={"image_quality"}),
         "evaluator": result["evaluator"], "device": result["device"], "precision": result["precision"],

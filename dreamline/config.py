@@ -397,6 +397,9 @@ class DistillParams(Strict):
     guidance: dict[str, dict[str, Any]] = Field(default_factory=dict)
     steps: int = Field(150, ge=1, le=10_000_000)
     resolution: int = Field(32, ge=8, le=1024)  # rendered views fed to the priors
+    # [[step, resolution], ...]: from that (0-based) step on, render at that resolution
+    # (MVDream-threestudio: 64 px, then 256 px from step 5000 = [[5000, 256]]). Empty: `resolution`.
+    resolution_schedule: list[tuple[int, int]] = Field(default_factory=list)
     views_per_step: int = Field(4, ge=1, le=64)  # random cameras per step (sds, ism, agp alone)
     camera: DistillCameraParams = DistillCameraParams()
     shading: ShadingParams = ShadingParams()
@@ -426,6 +429,12 @@ class DistillParams(Strict):
                                  f"data/distill/<slug>")
         if not self.prompts:
             raise ValueError("prompts: give at least one")
+        steps = [step for step, _ in self.resolution_schedule]
+        if any(step < 1 for step in steps) or steps != sorted(set(steps)):
+            raise ValueError(f"resolution_schedule: steps must be >= 1 and increasing, got {steps}")
+        if any(not 8 <= res <= 1024 for _, res in self.resolution_schedule):
+            raise ValueError(f"resolution_schedule: resolutions must be in [8, 1024], got "
+                             f"{[res for _, res in self.resolution_schedule]}")
         REPRESENTATIONS.validate(self.representation_type, self.representation, "representation",
                                  "representation_type")
         for term in self.guidance_terms:
@@ -435,6 +444,14 @@ class DistillParams(Strict):
         for name, block in self.guidance.items():
             GUIDANCES.validate(name, block, f"guidance.{name}")
         return self
+
+    def resolution_at(self, step: int) -> int:
+        """The render resolution at 0-based `step`."""
+        res = self.resolution
+        for start, r in self.resolution_schedule:
+            if step >= start:
+                res = r
+        return res
 
     @property
     def guidance_terms(self) -> list[str]:

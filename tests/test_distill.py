@@ -158,7 +158,7 @@ def test_voxel_total_variation_prior():
     assert float(total_variation(grid + 3.0)) == 0.0
     grid[0, 1, 2, 2, 2] = 2.0          # one interior spike: six neighbours, each (2 - 0)^2
     assert float(total_variation(grid)) == 24.0
-    off = VoxelField(VoxelParams(resolution=6), torch.Generator().manual_seed(0))
+    off = VoxelField(VoxelParams(resolution=6, tv_density=0.0), torch.Generator().manual_seed(0))
     assert float(off.regulariser()) == 0.0
     on = VoxelField(VoxelParams(resolution=6, tv_density=0.5, tv_albedo=0.25), torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -175,7 +175,8 @@ def test_voxel_total_variation_prior():
 
 def test_smoothness_and_opacity_priors_enter_the_loss(models, priors, tmp_path):
     """tv_* and lambda_opaque change the optimised asset; the regulariser is logged per step."""
-    plain = tiny_params(models, guidance_type="sds")
+    plain = tiny_params(models, guidance_type="sds",
+                        representation={"resolution": 8, "samples_per_ray": 8, "tv_density": 0.0})
     tv = tiny_params(models, guidance_type="sds", lambda_opaque=50.0,
                      representation={"resolution": 8, "samples_per_ray": 8, "tv_density": 1.0, "tv_albedo": 1.0})
     runs = {}
@@ -186,6 +187,18 @@ def test_smoothness_and_opacity_priors_enter_the_loss(models, priors, tmp_path):
     assert all(r["regulariser"] > 0.0 for r in runs["priors"].curve)
     assert runs["priors"].curve[0]["loss"] > runs["plain"].curve[0]["loss"]
     assert not torch.equal(runs["plain"].representation.density, runs["priors"].representation.density)
+
+
+def test_render_resolution_schedule(models, priors, tmp_path):
+    """MVDream-threestudio's schedule as a parameter: 8 px, then 16 px from step 2."""
+    p = tiny_params(models, guidance_type="mv-sds+agp", steps=4, resolution_schedule=[[2, 16]])
+    result = distill(p, "a red chair", priors, tmp_path / "w", key="schedule")
+    assert [r["resolution"] for r in result.curve] == [8, 8, 16, 16]
+    assert all(np.isfinite(r["loss"]) for r in result.curve)
+    assert p.model_copy(update={"resolution_schedule": []}).resolution_at(3) == 8
+    for bad in ([[2, 16], [2, 32]], [[0, 16]], [[3, 16], [2, 32]], [[2, 4]]):
+        with pytest.raises(ValueError, match="resolution_schedule"):
+            tiny_params(models, resolution_schedule=bad)
 
 
 def test_missing_prior_is_named(tmp_path):

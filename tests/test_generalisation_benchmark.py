@@ -172,3 +172,18 @@ def test_generalisation_run_on_a_tiny_project(tmp_path, prefect_api_url, monkeyp
     assert summary.stat().st_mtime_ns == stamp
     again = json.loads(result.read_text())
     assert [a["ranks_colour"] for a in again["assets"]] == [a["ranks_colour"] for a in r["assets"]]
+
+    # --score-only with another evaluator: nothing distilled (even with other settings), the
+    # same assets scored by that evaluator, which the JSON names.
+    torch.manual_seed(1)
+    LiTEvaluator(LiTHeads(1280, 384, 32), image_size=64, name="lit-other").save(tmp_path / "other")
+    other = tmp_path / "other.json"
+    assert g.main([*args[:-1], str(other), "--score-only", "--steps", "3", "--evaluator", str(tmp_path / "other")]) == 0
+    assert summary.stat().st_mtime_ns == stamp
+    scored = json.loads(other.read_text())
+    assert scored["evaluator"] == "lit-other" and scored["score_only"] is True
+    assert [a["distill_key"] for a in scored["assets"]] == [a["distill_key"] for a in r["assets"]]
+    assert [a["ranks_colour"] for a in scored["assets"]] != [a["ranks_colour"] for a in r["assets"]]
+    empty = tmp_path / "empty"
+    assert g.main(["--prompts-file", str(tmp_path / "prompts.txt"), "--out", str(empty), "--score-only",
+                   "--json", str(tmp_path / "x.json")]) == 2

@@ -147,16 +147,17 @@ def distill(p: DistillParams, prompt: str, priors: PriorCache, work_dir: Path, k
     end = p.steps if stop_after is None else min(p.steps, stop_after)
     for step in range(start, end):
         progress = step / p.steps
-        views = sample_views(p.camera, p.views_per_step, orthogonal, p.resolution, g, p.shading.ambient,
+        res = p.resolution_at(step)
+        views = sample_views(p.camera, p.views_per_step, orthogonal, res, g, p.shading.ambient,
                              device=device)
         shading = pick_shading(shares, progress, p.shading.albedo_warmup_fraction, g)
         dirs = views.cams.rays()[1] if p.background == "mlp" else None
-        bg = background_images(p.background, len(views.cams), p.resolution, p.resolution, g, dirs,
+        bg = background_images(p.background, len(views.cams), res, res, g, dirs,
                                getattr(rep, "background", None), device=device)
         out = rep.render(views.cams, shading, views.light, bg, generator=g,
                          need_normals=shading != "albedo")
         s = StepInput(out, views.cams, views.azimuth_deg, views.elevation_deg, prompt, step, p.steps, g)
-        row = {"step": step + 1, "shading": shading}
+        row = {"step": step + 1, "shading": shading, "resolution": res}
         total = torch.zeros((), device=device)
         for name, term in terms.items():
             result = term(s)

@@ -30,7 +30,7 @@ class VoxelParams(Strict):
     # Total variation (sum of squared differences between neighbouring cells) of the learned
     # density and albedo-logit grids: without it each cell follows its own noisy SDS gradient
     # and the surface (so its normals and shading) comes out as speckle.
-    tv_density: float = Field(0.0, ge=0.0)
+    tv_density: float = Field(0.01, ge=0.0)
     tv_albedo: float = Field(0.0, ge=0.0)
     mesh_threshold: float = Field(5.0, gt=0.0)         # density of the exported isosurface
 
