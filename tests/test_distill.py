@@ -170,7 +170,7 @@ def test_voxel_total_variation_prior():
     before = float(total_variation(on.density.detach()))
     with torch.no_grad():
         on.density -= 0.05 * on.density.grad          # a small step down the prior smooths the grid
-    assert float(total_variation(on.density)) < before
+    assert float(total_variation(on.density.detach())) < before
 
 
 def test_smoothness_and_opacity_priors_enter_the_loss(models, priors, tmp_path):
