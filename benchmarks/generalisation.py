@@ -488,7 +488,9 @@ def main(argv=None) -> int:
         "params": str(args.params), "params_sha256": hashlib.sha256(args.params.read_bytes()).hexdigest(),
         "overrides": {"steps": args.steps, "guidance": args.guidance, "seed": args.seed, "set": args.sets},
         "score_only": args.score_only,
-        "distill": {k: getattr(params.distill, k) for k in ("guidance_type", "representation_type", "steps", "seed")},
+        # With --score-only the assets were made elsewhere: the params file does not say how.
+        "distill": None if args.score_only else {k: getattr(params.distill, k)
+                                                 for k in ("guidance_type", "representation_type", "steps", "seed")},
         "evaluate": params.evaluate.model_dump(mode="json", exclude={"image_quality"}),
         "evaluator": result["evaluator"], "device": result["device"], "precision": result["precision"],
         "out": str(out), "captions": counts, "caption_texts": texts,

@@ -174,15 +174,21 @@ def test_voxel_total_variation_prior():
 
 
 def test_smoothness_and_opacity_priors_enter_the_loss(models, priors, tmp_path):
-    """tv_* and lambda_opaque change the optimised asset; the regulariser is logged per step."""
+    """tv_* and lambda_opaque each change the optimised asset; the regulariser is logged per step."""
     plain = tiny_params(models, guidance_type="sds",
                         representation={"resolution": 8, "samples_per_ray": 8, "tv_density": 0.0})
     tv = tiny_params(models, guidance_type="sds", lambda_opaque=50.0,
                      representation={"resolution": 8, "samples_per_ray": 8, "tv_density": 1.0, "tv_albedo": 1.0})
+    opaque = tiny_params(models, guidance_type="sds", lambda_opaque=50.0,
+                         representation={"resolution": 8, "samples_per_ray": 8, "tv_density": 0.0})
     runs = {}
-    for name, p in (("plain", plain), ("priors", tv)):
+    for name, p in (("plain", plain), ("priors", tv), ("opaque", opaque)):
         result = distill(p, "a red chair", priors, tmp_path / name, key=name)
         runs[name] = result
+    # lambda_opaque alone: the same first render, a larger first loss, no representation prior.
+    assert runs["opaque"].curve[0]["opacity"] == runs["plain"].curve[0]["opacity"]
+    assert runs["opaque"].curve[0]["loss"] > runs["plain"].curve[0]["loss"]
+    assert all(r["regulariser"] == 0.0 for r in runs["opaque"].curve)
     assert all(r["regulariser"] == 0.0 for r in runs["plain"].curve)
     assert all(r["regulariser"] > 0.0 for r in runs["priors"].curve)
     assert runs["priors"].curve[0]["loss"] > runs["plain"].curve[0]["loss"]

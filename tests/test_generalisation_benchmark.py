@@ -181,7 +181,7 @@ def test_generalisation_run_on_a_tiny_project(tmp_path, prefect_api_url, monkeyp
     assert g.main([*args[:-1], str(other), "--score-only", "--steps", "3", "--evaluator", str(tmp_path / "other")]) == 0
     assert summary.stat().st_mtime_ns == stamp
     scored = json.loads(other.read_text())
-    assert scored["evaluator"] == "lit-other" and scored["score_only"] is True
+    assert scored["evaluator"] == "lit-other" and scored["score_only"] is True and scored["distill"] is None
     assert [a["distill_key"] for a in scored["assets"]] == [a["distill_key"] for a in r["assets"]]
     assert [a["ranks_colour"] for a in scored["assets"]] != [a["ranks_colour"] for a in r["assets"]]
     empty = tmp_path / "empty"
