@@ -9,7 +9,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from dreamline.config import UNetParams
-from dreamline.models.codec import PixelUnshuffleCodec, from_latent, to_latent
+from dreamline.models.codec import CCMLatentCodec, PixelUnshuffleCodec, ccm_codec, from_latent, to_latent
 from dreamline.models.unet import (
     CameraUNet2DConditionModel, MultiViewAttnProcessor, PerViewAttnProcessor, add_camera_embedding,
     build_unet, has_camera, is_multiview, set_multiview, to_multiview,
@@ -59,6 +59,47 @@ def test_codec_round_trip_is_exact_and_saves(tmp_path):
     assert torch.equal(to_latent(loaded, x), z) and torch.equal(from_latent(loaded, z), x)
     with pytest.raises(ValueError):
         codec.encode(torch.zeros(1, 3, 15, 16))
+
+
+def test_ccm_latent_codec_is_the_ccm_at_the_latent_grid(tmp_path):
+    codec = CCMLatentCodec(factor=4, latent_channels=4)
+    g = torch.Generator().manual_seed(0)
+    # A CCM constant over each 4 x 4 block: seen at the latent grid it loses nothing.
+    blocks = torch.rand(2, 3, 3, 3, generator=g) * 2 - 1
+    ccm = blocks.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)
+    z = codec.encode(ccm)
+    assert z.shape == (2, 4, 3, 3) and not list(codec.parameters())
+    assert torch.allclose(z[:, :3], blocks, atol=1e-6) and torch.equal(z[:, 3:], torch.zeros(2, 1, 3, 3))
+    assert torch.allclose(codec.decode(z), ccm, atol=1e-6)
+    # Otherwise each latent pixel is the mean of the block it covers.
+    x = torch.rand(1, 3, 8, 8, generator=g) * 2 - 1
+    assert torch.allclose(codec.encode(x)[0, :3, 1, 0], x[0, :, 4:8, 0:4].mean(dim=(1, 2)), atol=1e-6)
+
+    codec.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]   # nothing but the config
+    loaded = CCMLatentCodec.from_pretrained(tmp_path)
+    assert (loaded.config.factor, loaded.config.latent_channels) == (4, 4)
+    assert torch.equal(to_latent(loaded, ccm), z) and torch.allclose(from_latent(loaded, z), ccm, atol=1e-6)
+    with pytest.raises(ValueError, match="divisible"):
+        codec.encode(torch.zeros(1, 3, 6, 8))
+    with pytest.raises(ValueError, match="3-channel"):
+        codec.encode(torch.zeros(1, 4, 8, 8))
+    with pytest.raises(ValueError, match="latent_channels"):
+        CCMLatentCodec(factor=8, latent_channels=2)
+
+
+def test_ccm_codec_replaces_a_vae_and_keeps_pixel_unshuffle():
+    class Pipe:
+        def __init__(self, vae, in_channels):
+            self.vae = vae
+            self.unet = type("U", (), {"config": type("C", (), {"in_channels": in_channels})()})()
+
+    unshuffle = PixelUnshuffleCodec(factor=2)
+    assert ccm_codec(Pipe(unshuffle, 12)) is unshuffle
+    vae = AutoencoderKL(block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=4)
+    codec = ccm_codec(Pipe(vae, 4))
+    assert isinstance(codec, CCMLatentCodec) and (codec.config.factor, codec.config.latent_channels) == (8, 4)
 
 
 def test_latent_helpers_dispatch_to_autoencoder_kl():

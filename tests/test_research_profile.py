@@ -93,6 +93,8 @@ def test_research_profile_runs_every_stage_through_dvc_repro(tmp_path, prefect_a
     assert set(caps["captioner"]) == {"template"}
     index = json.loads((proj / "data/models/mv/model_index.json").read_text())
     assert index["vae"][1] == "AutoencoderKL"                   # latent space: SD 2.1's VAE
+    agp = json.loads((proj / "data/models/agp/model_index.json").read_text())
+    assert agp["vae"][1] == "CCMLatentCodec"                    # SweetDreamer: the CCM is the latent
     metrics = json.loads((proj / "data/eval/metrics.json").read_text())
     assert metrics["evaluator"].startswith("clip:")
     run_info = json.loads((proj / "data/models/mv/run.json").read_text())

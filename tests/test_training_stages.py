@@ -280,6 +280,39 @@ def test_training_stages_end_to_end(tiny):
     assert pipe.unet.config.class_embed_type == "projection"
 
 
+def test_agp_from_an_sd_layout_base_takes_the_ccm_as_its_latent(tiny, tmp_path):
+    """SweetDreamer on a latent model: the CCM is the UNet's latent (area-averaged to the
+    latent grid, no VAE encode); the saved AGP model carries no VAE and samples CCMs at the
+    base's pixel size."""
+    from dreamline.config import load_params
+    from dreamline.guidance.prior import DiffusionPrior
+    from dreamline.models.codec import CCMLatentCodec
+    from dreamline.models.pipelines import CCMPipeline
+    from dreamline.training.agp import train_agp
+    from dreamline.training.common import orbit_cameras
+    from research_standins import save_sd21
+
+    sd = save_sd21(tmp_path / "sd21")                           # 16 px images, 8 px latents
+    p = load_params(tiny.root / "params.yaml").train_agp
+    p = p.model_copy(update={"base_model": str(sd), "ablation": False})
+    summary = train_agp(p, tiny.root / "data/renders", tiny.root / "data/captions/captions.parquet",
+                        tmp_path / "agp", tmp_path / "work", max_tokens=16)
+    assert summary["training"]["steps"] == 3 and math.isfinite(summary["heldout"]["agp"]["loss"])
+    index = json.loads((tmp_path / "agp/model_index.json").read_text())
+    assert index["vae"] == ["dreamline.models.codec", "CCMLatentCodec"]
+    assert sorted(f.name for f in (tmp_path / "agp/vae").iterdir()) == ["config.json"]
+
+    pipe = CCMPipeline.from_pretrained(tmp_path / "agp")
+    assert isinstance(pipe.vae, CCMLatentCodec) and (pipe.vae.config.factor, pipe.vae.config.latent_channels) == (2, 4)
+    out = pipe("a chair", cameras=orbit_cameras(2), num_inference_steps=2,
+               generator=torch.Generator().manual_seed(0), output_type="np")
+    assert out.images.shape == (2, 16, 16, 3) and (out.images[~out.masks] == 0).all()
+    # Distillation reads the same model: a rendered CCM goes to the UNet's space the same way.
+    prior = DiffusionPrior.load(str(tmp_path / "agp"))
+    z = prior.encode(torch.rand(1, 3, 16, 16))
+    assert z.shape == (1, 4, 8, 8) and torch.equal(z[:, 3], torch.zeros(1, 8, 8))
+
+
 def test_mvdiffusion_stages_end_to_end(tiny):
     """train_depth -> train_caa -> texture through their entry points: held-out tables, a
     pipeline that loads with its CAA model, textured GLBs and the texture metrics."""

@@ -10,7 +10,7 @@ import importlib
 _EXPORTS = {
     "load_minilm": "text", "encode_text": "text", "TextCache": "text",
     "PixelUnshuffleCodec": "codec", "to_latent": "codec", "from_latent": "codec",
-    "spatial_factor": "codec",
+    "spatial_factor": "codec", "CCMLatentCodec": "codec", "ccm_codec": "codec",
     "CameraUNet2DConditionModel": "unet", "build_unet": "unet", "add_camera_embedding": "unet",
     "MultiViewAttnProcessor": "unet", "PerViewAttnProcessor": "unet", "set_multiview": "unet",
     "to_multiview": "unet", "is_multiview": "unet", "has_camera": "unet",

@@ -21,7 +21,7 @@ from diffusers.utils import BaseOutput
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dreamline.models.camera_input import camera_input, check_convention
-from dreamline.models.codec import PixelUnshuffleCodec, from_latent, spatial_factor
+from dreamline.models.codec import CCMLatentCodec, PixelUnshuffleCodec, from_latent, spatial_factor
 # rescale_guidance is re-exported: it lived here before the sampler core.
 from dreamline.models.sampling import denoise, initial_latents, rescale_guidance, uses_guidance  # noqa: F401
 from dreamline.models.text import encode_text
@@ -69,7 +69,8 @@ class MultiViewDiffusionPipeline(DiffusionPipeline):
     ``class_labels``. Without cameras it is a plain text-to-image pipeline (the base model
     uses this class too); a UNet without a camera embedding only takes F from the cameras.
 
-    ``vae`` is a `PixelUnshuffleCodec` (pixel-space models) or an `AutoencoderKL`.
+    ``vae`` is a `PixelUnshuffleCodec` (pixel-space models), an `AutoencoderKL`, or (AGP models
+    from an SD-layout base) a `CCMLatentCodec`.
     Config: ``max_tokens`` pads non-CLIP text (CLIP always uses its full context);
     ``num_views`` records the F the model was trained with, for callers to reuse.
     """
@@ -78,7 +79,7 @@ class MultiViewDiffusionPipeline(DiffusionPipeline):
     # Whether the views of one prompt attend to each other (the CCM model samples each alone).
     joint_views = True
 
-    def __init__(self, unet: UNet2DConditionModel, vae: PixelUnshuffleCodec | AutoencoderKL,
+    def __init__(self, unet: UNet2DConditionModel, vae: PixelUnshuffleCodec | AutoencoderKL | CCMLatentCodec,
                  text_encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  scheduler: SchedulerMixin, max_tokens: int = 16, num_views: int = 1,
                  camera_convention: str = "dreamline"):

@@ -1,9 +1,11 @@
 """train_agp: SweetDreamer's aligned geometric prior, fine-tuned from the base model.
 
-The model generates canonical coordinate maps (3 channels, used directly as the image: no
-VAE in pixel space) for a caption and a camera. Its camera embedding starts at zero, so
-training starts from the base model; an ablation with the camera switched off trains on
-the same batches and noise, and held-out (val) loss says whether the camera is used.
+The model generates canonical coordinate maps for a caption and a camera. The CCM goes to
+the UNet without a VAE (SweetDreamer): through a pixel-space base's own pixel unshuffle, or,
+from an SD-layout base, as the latent itself (`dreamline.models.codec.CCMLatentCodec`).
+Its camera embedding starts at zero, so training starts from the base model; an ablation
+with the camera switched off trains on the same batches and noise, and held-out (val) loss
+says whether the camera is used.
 """
 from __future__ import annotations
 
@@ -22,16 +24,16 @@ from dreamline.training.objectives import DenoiseBatch, comparison_table, paired
 from dreamline.training.template import FineTuning, TrainingRun
 
 
-def _ccm_latents(pipe, table, idx) -> torch.Tensor:
+def _ccm_latents(codec, table, idx) -> torch.Tensor:
     from dreamline.models.codec import to_latent
 
     with torch.no_grad():
-        return to_latent(pipe.vae, table.ccm[torch.as_tensor(idx)])
+        return to_latent(codec, table.ccm[torch.as_tensor(idx)])
 
 
-def _batch(pipe, table, idx, texts, bank, cameras: bool) -> DenoiseBatch:
+def _batch(codec, table, idx, texts, bank, cameras: bool) -> DenoiseBatch:
     states, mask = bank.lookup(texts)
-    return DenoiseBatch(_ccm_latents(pipe, table, idx), states, mask,
+    return DenoiseBatch(_ccm_latents(codec, table, idx), states, mask,
                         table.cameras[torch.as_tensor(idx)] if cameras else None, 1)
 
 
@@ -62,10 +64,12 @@ class AGPTraining(FineTuning):
     def prepare(self) -> None:
         from diffusers import DDPMScheduler
 
+        from dreamline.models.codec import ccm_codec
         from dreamline.models.text import encode_text
         from dreamline.models.unet import add_camera_embedding, has_camera
 
         self.base = base = self.load_start(self.p.base_model)
+        self.codec = ccm_codec(base)
         resolution = pixel_resolution(base)
         self.train = self.load_split("train", resolution, kinds=("agp",), with_ccm=True)
         self.val = self.load_split("val", resolution, kinds=("agp",), with_ccm=True)
@@ -87,7 +91,7 @@ class AGPTraining(FineTuning):
         rng = np.random.default_rng([seed, step, 13])
         texts = choose_captions(self.train.rows.iloc[idx], rng, p.original_text_prob, p.caption_dropout)
         span, idx, texts = part.span(len(idx)), part.take(idx), part.take(texts)
-        batch = _batch(self.base, self.train, idx, texts, self.bank, cameras)
+        batch = _batch(self.codec, self.train, idx, texts, self.bank, cameras)
         batch.part = span
         return batch
 
@@ -104,12 +108,12 @@ class AGPTraining(FineTuning):
         return records
 
     def evaluate(self) -> dict:
-        val, base = self.val, self.base
+        val = self.val
         chunks = [np.arange(s, min(s + 64, len(val))) for s in range(0, len(val), 64)]
         captions = val.rows["caption"].tolist()
 
         def batches(cameras: bool) -> list[DenoiseBatch]:
-            return [_batch(base, val, c, [captions[i] for i in c], self.bank, cameras) for c in chunks]
+            return [_batch(self.codec, val, c, [captions[i] for i in c], self.bank, cameras) for c in chunks]
 
         variants = {"agp": (self.model, batches(True))}
         if self.ablation is not None:
@@ -122,7 +126,7 @@ class AGPTraining(FineTuning):
         from dreamline.models.pipelines import CCMPipeline
 
         base = self.base
-        return CCMPipeline(unet=self.model, vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
+        return CCMPipeline(unet=self.model, vae=self.codec, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
                            scheduler=base.scheduler)
 
     def write_samples(self, pipe, folder: Path) -> dict:
