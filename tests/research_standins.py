@@ -75,6 +75,19 @@ def save_clip(folder: Path) -> Path:
     return folder
 
 
+def save_inception(path: Path, seed: int = 0) -> Path:
+    """FID's Inception-v3 with random weights, as the safetensors file its published weights
+    convert to (the torchvision-style key names; dreamline/evaluation/inception.py)."""
+    from safetensors.torch import save_file
+
+    from dreamline.evaluation.inception import FIDInceptionV3
+
+    torch.manual_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in FIDInceptionV3().state_dict().items()}, str(path))
+    return path
+
+
 def objaverse_home(mirror: Path, home: Path) -> Path:
     """HOME whose ~/.objaverse is `mirror` (an objaverse-layout cache): ObjaverseCache(None)
     reads it through the package's default path and finds nothing to download."""

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import REPO, make_project
-from research_standins import objaverse_home, save_clip, save_sd21
+from research_standins import objaverse_home, save_clip, save_inception, save_sd21
 
 T1 = {"log_every": 1, "threads": 1, "sample_steps": 2, "sample_captions": 1, "checkpoint_every": 2}
 SMALL = {
@@ -66,6 +66,7 @@ def test_research_profile_runs_every_stage_through_dvc_repro(tmp_path, prefect_a
     shutil.rmtree(proj / "data/mirror")
     save_sd21(proj / "models/stable-diffusion-2-1-base")
     save_clip(proj / "models/clip-vit-large-patch14")
+    save_inception(proj / "models/inception-v3-fid.safetensors")
     (proj / "small.yaml").write_text(yaml.safe_dump(SMALL))
     project.run(sys.executable, "scripts/use_profile.py", "research", "--override", "small.yaml")
 
@@ -97,6 +98,8 @@ def test_research_profile_runs_every_stage_through_dvc_repro(tmp_path, prefect_a
     assert agp["vae"][1] == "CCMLatentCodec"                    # SweetDreamer: the CCM is the latent
     metrics = json.loads((proj / "data/eval/metrics.json").read_text())
     assert metrics["evaluator"].startswith("clip:")
+    assert metrics["feature_net"].startswith("inception-v3 (FID")          # the papers' FID features
+    assert json.loads((proj / "data/texture/metrics.json").read_text())["feature_net"] == metrics["feature_net"]
     run_info = json.loads((proj / "data/models/mv/run.json").read_text())
     assert "bf16" in json.dumps(run_info)
     assert "Running stage" in out

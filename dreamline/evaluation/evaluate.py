@@ -22,7 +22,7 @@ from dreamline.evaluation.evaluator import load_evaluator
 from dreamline.evaluation.metrics import (bootstrap_ci, clip_score, frechet_distance, inception_score,
                                           retrieval_ranks)
 from dreamline.evaluation.textureless import textureless_views
-from dreamline.evaluation.towers import FEATURE_NET, EfficientNetLite0
+from dreamline.evaluation.towers import fid_features
 from dreamline.evaluation.train_evaluator import real_views
 from dreamline.models.grid import grid_image
 
@@ -112,10 +112,10 @@ def summarise_assets(rows: list[dict], p: EvaluateParams) -> dict:
 
 
 def image_quality(p: EvaluateParams, evaluator, real_images: torch.Tensor, captions: list[str],
-                  features: EfficientNetLite0, grids: Path, device: torch.device | str | None = None,
+                  features, grids: Path, device: torch.device | str | None = None,
                   precision: str = "fp32", texts: list[str] | None = None,
                   text_emb: np.ndarray | None = None) -> dict:
-    """FID and IS on EfficientNet-Lite0 features / posteriors, CLIP score with the evaluator,
+    """FID and IS on `features` (towers.fid_features), CLIP score with the evaluator,
     and R-precision of the samples: each sample ranked against every caption in `texts`
     (default: `captions`), its own caption the true one, as Cap3D ranks text-to-3D results;
     units for the interval are captions. Each model samples on `device`, stored in
@@ -188,7 +188,10 @@ def evaluate(p: EvaluateParams, renders: Path, captions: Path, asset_roots: list
     true_idx, uids = rows["caption"].map(index).to_numpy(), rows["uid"].to_numpy()
     # The geo ceiling: the same real views shaded textureless, as the assets' geo renders are.
     geo_emb = evaluator.embed_images(textureless_views(renders, rows, p.resolution))
-    metrics = {"evaluator": evaluator.name, "feature_net": FEATURE_NET,
+    # FID's Inception-v3 when its weights are given, else EfficientNet-Lite0 (the LiT
+    # evaluator's image tower, loaded once).
+    features = fid_features(evaluator, p.image_quality.inception_weights, device, precision)
+    metrics = {"evaluator": evaluator.name, "feature_net": features.name,
                "r_precision": {"real_test": _rp_row(real_emb, text_emb, true_idx, uids, p),
                                "real_test_geo": _rp_row(geo_emb, text_emb, true_idx, uids, p)}}
     asset_rows = evaluate_assets(p, evaluator, folders, texts, text_emb, out_dir / "grids", radius, device)
@@ -197,9 +200,6 @@ def evaluate(p: EvaluateParams, renders: Path, captions: Path, asset_roots: list
         source = "ablation" if "ablation" in Path(r["asset"]).parts else "distill"
         groups.setdefault(f"{source}:{r['guidance_type']}", []).append(r)
     metrics["assets"] = {name: summarise_assets(g, p) for name, g in sorted(groups.items())}
-    # The LiT evaluator's image tower is the FID/IS feature net: load it once.
-    features = (evaluator.images if isinstance(getattr(evaluator, "images", None), EfficientNetLite0)
-                else EfficientNetLite0(device=device, precision=precision))
     metrics["image_quality"] = image_quality(p, evaluator, images, test_captions, features, out_dir / "grids",
                                              device, precision, texts, text_emb)
     # The ceiling beside each model's row: what the evaluator gives the real renders.

