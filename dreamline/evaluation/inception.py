@@ -179,16 +179,6 @@ class FIDInceptionV3(nn.Module):
         return pooled, self.fc(pooled)
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class InceptionFeatures:
     """The FID feature net: pooled 2048-d features and 1008-class posteriors of images in
     [0, 1], called like `towers.EfficientNetLite0`. Weights from a local safetensors file
@@ -220,8 +210,11 @@ class InceptionFeatures:
                              f"{len(missing)} tensors missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
                              f"(e.g. {unexpected[:3]}), {len(wrong)} of another shape (e.g. {wrong[:3]})")
         net.load_state_dict(state, strict=False)
-        # Which weights made the numbers: a figure is traced to the file, not only its path.
-        self.name = f"{FEATURE_NET}, weights sha256:{_sha256(path)[:16]}"
+        # Which weights made the numbers: a figure is traced to the file, not only its path
+        # (md5, as DVC names files).
+        import hashlib
+
+        self.name = f"{FEATURE_NET}, weights md5:{hashlib.md5(path.read_bytes()).hexdigest()}"
         self.device, self.precision = torch.device(device or "cpu"), precision
         self.dtype = frozen_dtype(precision)
         self.net = net.to(self.device, self.dtype).eval().requires_grad_(False)
