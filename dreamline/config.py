@@ -407,9 +407,9 @@ class DistillParams(Strict):
     background: Literal["white", "random", "mlp"] = "white"   # the priors were trained on white
     # Sparsity on the mean accumulated alpha. The guidance losses are sums over latent
     # elements, hence the large weight: 1000 removed the white haze that otherwise fills
-    # the bounding sphere (invisible on the white background the priors know); with the
-    # density grid's total variation on, 300 keeps it away and lets the assets grow (RESULTS.md).
-    lambda_opacity: float = Field(300.0, ge=0.0)
+    # the bounding sphere (invisible on the white background the priors know). 300 scored
+    # higher on the 8 default prompts and lower on 13 others (RESULTS.md, session 12).
+    lambda_opacity: float = Field(1000.0, ge=0.0)
     lambda_orientation: float = Field(0.01, ge=0.0)
     # Binary entropy of each pixel's opacity (threestudio's lambda_opaque): pushes the render to
     # solid or empty, against the semi-transparent haze a density field settles in.
