@@ -638,6 +638,11 @@ def param_paths(params: "Params") -> list[tuple[str, str]]:
         out.append((f"evaluate.image_quality.models.{name}", folder))
     for name, folder in params.evaluate_studies.image_quality.models.items():
         out.append((f"evaluate_studies.image_quality.models.{name}", folder))
+    for key, weights in (("evaluate.image_quality", params.evaluate.image_quality.inception_weights),
+                         ("evaluate_studies.image_quality", params.evaluate_studies.image_quality.inception_weights),
+                         ("texture", params.texture.inception_weights)):
+        if weights is not None:
+            out.append((f"{key}.inception_weights", weights))
     return out
 
 

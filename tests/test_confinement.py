@@ -456,6 +456,10 @@ PATH_KEYS = [
                   "representation": {"init": "points", "init_points": "{p}"}}}, "distill.representation.init_points"),
     ({"caption": {"captioner_type": "image", "captioner": {"model_path": "{p}"}}}, "caption.captioner.model_path"),
     ({"mirror": {"packaged_meshes_dir": "{p}"}}, "mirror.packaged_meshes_dir"),
+    ({"evaluate": {"image_quality": {"inception_weights": "{p}"}}}, "evaluate.image_quality.inception_weights"),
+    ({"evaluate_studies": {"image_quality": {"inception_weights": "{p}"}}},
+     "evaluate_studies.image_quality.inception_weights"),
+    ({"texture": {"inception_weights": "{p}"}}, "texture.inception_weights"),
 ]
 
 
