@@ -196,6 +196,19 @@ def _require_safe_weights(folder, key: str) -> None:
         sys.exit(2)
 
 
+def require_inception_weights(path: str | None, key: str) -> None:
+    """Stop before any work when FID's Inception weights are named but are not a readable
+    safetensors file (null: EfficientNet-Lite0, nothing to check)."""
+    if path is None:
+        return
+    from pathlib import Path
+
+    if Path(path).suffix != ".safetensors" or not Path(path).is_file():
+        print(f"{key}: {path} is not a .safetensors file here (README: what to download, and how to "
+              f"convert the published .pth once)", file=sys.stderr)
+        sys.exit(2)
+
+
 def require_evaluator(folder: str, key: str = "evaluate.evaluator") -> None:
     """Stop before any work unless `folder` is an evaluator folder (train_evaluator's, or a
     transformers CLIP folder) whose weights are safetensors."""

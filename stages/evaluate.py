@@ -1,9 +1,10 @@
 """DVC stage `evaluate`: `python -m stages.evaluate [--params params.yaml]`."""
-from stages._common import require_evaluator, require_models, run_stage
+from stages._common import require_evaluator, require_inception_weights, require_models, run_stage
 
 
 def _inputs(params) -> None:
     require_evaluator(params.evaluate.evaluator)
+    require_inception_weights(params.evaluate.image_quality.inception_weights, "evaluate.image_quality.inception_weights")
     require_models(params.evaluate.image_quality.models, "evaluate.image_quality.models")
 
 

@@ -60,3 +60,15 @@ def test_files_that_are_not_the_network_are_refused(tmp_path, weights):
     garbage.write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="not a readable safetensors"):
         InceptionFeatures(garbage)
+
+
+def test_stages_stop_before_work_when_the_named_weights_are_absent(tmp_path, capsys, weights):
+    from stages._common import require_inception_weights
+
+    require_inception_weights(None, "evaluate.image_quality.inception_weights")      # null: nothing to check
+    require_inception_weights(str(weights), "evaluate.image_quality.inception_weights")
+    for bad in (tmp_path / "absent.safetensors", tmp_path / "pt_inception.pth"):
+        with pytest.raises(SystemExit) as err:
+            require_inception_weights(str(bad), "texture.inception_weights")
+        assert err.value.code == 2
+        assert "texture.inception_weights" in capsys.readouterr().err
