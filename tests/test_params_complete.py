@@ -489,7 +489,7 @@ def test_the_analysis_sees_known_reads():
     compute = {"compute.device", "compute.precision"}
     assert reads("caption") == {"caption", "execution.task_runner"} | compute
     assert reads("evaluate") == {"evaluate", "evaluate.evaluator", "evaluate.image_quality.models",
-                                 "distill.camera.radius", "distill.prompts"} | compute
+                                 "evaluate.image_quality.inception_weights", "distill.camera.radius", "distill.prompts"} | compute
     distill_fields = {f"distill.{f}" for f in Params.model_fields["distill"].annotation.model_fields}
     assert reads("ablation") == {"ablation.guidance_types", "ablation.steps"} \
         | distill_fields - {"distill.guidance_type", "distill.steps"} | compute
