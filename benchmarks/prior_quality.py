@@ -3,7 +3,12 @@
 with the real test renders' R-precision (the ceiling) beside them.
 
     python benchmarks/prior_quality.py base=data/models/base mv=/tmp/run/mv \
-        [--steps 20] [--guidance 1.0] [--captions 16] [--out benchmarks/results/prior_quality.json]
+        [--steps 20] [--guidance 1.0] [--captions 16] [--timestep-spacing trailing] \
+        [--out benchmarks/results/prior_quality.json]
+
+`--timestep-spacing` samples each model with its DDIM timesteps spaced that way (diffusers'
+`leading` / `trailing` / `linspace`) instead of its saved scheduler's: the folder is viewed
+through a temporary copy whose scheduler config differs and whose other parts are links.
 
 Uses the renders, captions and evaluator of the current workspace (data/), the same code path
 as `python -m stages.evaluate`, so its figures and the stage's agree for the same settings.
@@ -13,11 +18,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+def with_spacing(folder: Path, view: Path, spacing: str) -> Path:
+    """`folder` seen through `view`: links to its parts, its scheduler config with `spacing`."""
+    view.mkdir(parents=True)
+    for part in folder.iterdir():
+        if part.name != "scheduler":
+            (view / part.name).symlink_to(part.resolve())
+    (view / "scheduler").mkdir()
+    config = json.loads((folder / "scheduler/scheduler_config.json").read_text())
+    (view / "scheduler/scheduler_config.json").write_text(json.dumps({**config, "timestep_spacing": spacing}, indent=2))
+    return view
 
 
 def main(argv=None) -> int:
@@ -27,6 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--guidance", type=float, default=None)
     ap.add_argument("--captions", type=int, default=None)
+    ap.add_argument("--timestep-spacing", choices=["leading", "trailing", "linspace"], default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="append the rows (JSON lines) to this file")
     args = ap.parse_args(argv)
@@ -42,8 +61,12 @@ def main(argv=None) -> int:
 
     params = load_params(args.params)
     p = params.evaluate
+    models = dict(m.split("=", 1) for m in args.models)
+    tmp = tempfile.TemporaryDirectory()
+    if args.timestep_spacing:
+        models = {n: str(with_spacing(Path(f), Path(tmp.name) / n, args.timestep_spacing)) for n, f in models.items()}
     q = p.image_quality.model_copy(update={
-        "models": dict(m.split("=", 1) for m in args.models),
+        "models": models,
         **({"steps": args.steps} if args.steps else {}),
         **({"guidance_scale": args.guidance} if args.guidance is not None else {}),
         **({"captions": args.captions} if args.captions else {})})
@@ -76,7 +99,8 @@ def main(argv=None) -> int:
         rp = r["r_precision"]
         print(f"{name:<14} {rp['R@1']:>6.3f} {str([round(x, 2) for x in rp['R@1_ci95']]):>16} {rp['R@5']:>6.3f} "
               f"{r['clip_score']:>7.2f} {r['FID']:>8.1f} {r['IS']:>6.2f}")
-        records.append({"model": name, "folder": q.models[name], "steps": q.steps, "guidance": q.guidance_scale,
+        records.append({"model": name, "folder": dict(m.split("=", 1) for m in args.models)[name],
+                        "timestep_spacing": args.timestep_spacing or "saved", "steps": q.steps, "guidance": q.guidance_scale,
                         "captions": q.captions, "real_R@1": real["R@1"], **r})
     if args.out:
         with open(args.out, "a") as f:
