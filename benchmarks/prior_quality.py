@@ -54,7 +54,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     from dreamline.config import load_params
-    from dreamline.evaluation.evaluate import _rp_row, image_quality
+    from dreamline.evaluation.evaluate import _rp_row, ceilings_at_sample_resolution, image_quality
     from dreamline.evaluation.evaluator import load_evaluator
     from dreamline.evaluation.towers import EfficientNetLite0
     from dreamline.evaluation.train_evaluator import real_views
@@ -79,19 +79,24 @@ def main(argv=None) -> int:
     texts = sorted(set(rows["caption"]))
     text_emb = evaluator.embed_texts(texts)
     index = {t: i for i, t in enumerate(texts)}
-    real = _rp_row(evaluator.embed_images(images), text_emb, rows["caption"].map(index).to_numpy(),
-                   rows["uid"].to_numpy(), p)
+    true_idx, uids = rows["caption"].map(index).to_numpy(), rows["uid"].to_numpy()
+    real = _rp_row(evaluator.embed_images(images), text_emb, true_idx, uids, p)
     features = evaluator.images if isinstance(getattr(evaluator, "images", None), EfficientNetLite0) \
         else EfficientNetLite0()
     t0 = time.perf_counter()
     out = image_quality(p, evaluator, images, texts, features, Path("/tmp/prior_quality_grids"),
                         texts=texts, text_emb=text_emb)
     seconds = time.perf_counter() - t0
+    small = ceilings_at_sample_resolution(out, evaluator, images, text_emb, true_idx, uids, p)
     print(f"prior quality: {len(texts)} test captions, {q.captions} sampled x 4, DDIM {q.steps}, "
           f"CFG {q.guidance_scale}; sampling + scoring {seconds:.1f} s")
     print(f"{'model':<14} {'R@1':>6} {'R@1 ci95':>16} {'R@5':>6} {'CLIP':>7} {'FID':>8} {'IS':>6}")
     print(f"{'real (ceil.)':<14} {real['R@1']:>6.3f} {str([round(x, 2) for x in real['R@1_ci95']]):>16} "
           f"{real['R@5']:>6.3f}")
+    for name, r in small.items():
+        rp = r["r_precision"]
+        print(f"{name + ' (ceil.)':<14} {rp['R@1']:>6.3f} {str([round(x, 2) for x in rp['R@1_ci95']]):>16} "
+              f"{rp['R@5']:>6.3f}")
     records = []
     for name, r in out.items():
         if name == "real":
@@ -101,7 +106,9 @@ def main(argv=None) -> int:
               f"{r['clip_score']:>7.2f} {r['FID']:>8.1f} {r['IS']:>6.2f}")
         records.append({"model": name, "folder": dict(m.split("=", 1) for m in args.models)[name],
                         "timestep_spacing": args.timestep_spacing or "saved", "steps": q.steps, "guidance": q.guidance_scale,
-                        "captions": q.captions, "real_R@1": real["R@1"], **r})
+                        "captions": q.captions, "real_R@1": real["R@1"],
+                        "real_R@1_at_resolution": small.get(f"real_{r['resolution']}px", {"r_precision": real})
+                        ["r_precision"]["R@1"], **r})
     if args.out:
         with open(args.out, "a") as f:
             for rec in records:

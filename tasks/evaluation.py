@@ -36,4 +36,5 @@ def report_task(eval_dir: Path, distill_root: Path, models_root: Path, out: Path
     title, curves = ("dreamline studies", STUDIES_CURVES) if studies else ("dreamline report", MAIN_CURVES)
     return str(build_report(Path(eval_dir) / "metrics.json", Path(eval_dir) / "assets.json", Path(distill_root),
                             Path(models_root), params, Path("dvc.lock"), Path(out),
-                            Path(texture) if texture else None, title=title, curves=curves))
+                            Path(texture) if texture else None, title=title, curves=curves,
+                            stage="report_studies" if studies else "report"))

@@ -97,7 +97,12 @@ def test_evaluation_stages_and_report_in_a_browser(tmp_path, prefect_api_url):
     assert (geo["n_images"], geo["n_units"], geo["n_captions"]) == (real["n_images"], real["n_units"], real["n_captions"])
     assert set(m["assets"]) == {"distill:mv-sds+agp"}
     assert m["assets"]["distill:mv-sds+agp"]["n_assets"] == 2
-    assert set(m["image_quality"]) == {"real", "base", "mv"} and m["image_quality"]["mv"]["FID"] >= 0
+    # The priors sample below the renders' resolution: the real views at theirs are a second ceiling.
+    res = m["image_quality"]["mv"]["resolution"]
+    assert res < TINY["evaluate"]["resolution"] and m["image_quality"]["base"]["resolution"] == res
+    assert set(m["image_quality"]) == {"real", "base", "mv", f"real_{res}px"} and m["image_quality"]["mv"]["FID"] >= 0
+    small = m["image_quality"][f"real_{res}px"]["r_precision"]
+    assert (small["n_images"], small["n_captions"]) == (real["n_images"], real["n_captions"])
     # Samples ranked against every caption (test captions + prompts), the real renders beside.
     rp = m["image_quality"]["mv"]["r_precision"]
     assert rp["n_captions"] == real["n_captions"] and rp["n_units"] == 2 and 0.0 <= rp["R@1"] <= rp["R@5"] <= 1.0
@@ -107,7 +112,7 @@ def test_evaluation_stages_and_report_in_a_browser(tmp_path, prefect_api_url):
     # The studies: the ablation's assets, ranked against the same captions.
     project.stage("evaluate_studies")
     ms = json.loads((project.root / "data/eval_studies/metrics.json").read_text())
-    assert set(ms["assets"]) == {"ablation:sds", "ablation:ism"} and set(ms["image_quality"]) == {"real", "mv"}
+    assert set(ms["assets"]) == {"ablation:sds", "ablation:ism"} and set(ms["image_quality"]) == {"real", "mv", f"real_{res}px"}
     assert ms["r_precision"]["real_test"] == real
     assert ms["image_quality"]["mv"] == m["image_quality"]["mv"]         # same settings, same samples
 
@@ -116,6 +121,7 @@ def test_evaluation_stages_and_report_in_a_browser(tmp_path, prefect_api_url):
     text = report.read_text()
     assert "http://" not in text and "https://" not in text          # nothing to fetch
     assert "Guidance ablation" not in text and m["evaluator"] in text   # the studies have their own page
+    assert f"real renders at {res} px" in text
     # The training-loss chart, read from the DVCLive logs: the evaluator's curve is drawn.
     chart = re.search(r'<svg class="plot"[^>]*><title>training loss</title>.*?</svg>', text).group(0)
     assert ">evaluator</text>" in chart and chart.count("<polyline") >= 1
@@ -178,6 +184,32 @@ def build(root: Path) -> str:
     data = root / "data"
     return build_report(data / "eval/metrics.json", data / "eval/assets.json", data / "distill", data / "models",
                         None, root / "dvc.lock", data / "report/index.html").read_text()
+
+
+def test_report_lineage_lists_its_own_inputs_only(tmp_path, monkeypatch):
+    """The hashes on the page are those of what the report reads: a study's output or the
+    report's own previous hash in dvc.lock would make the page change with nothing it reads."""
+    monkeypatch.chdir(tmp_path)
+    fake_eval(tmp_path)
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "report": {"cmd": "python -m stages.report", "deps": ["dreamline/evaluation/report.py",
+                                                              "data/eval/metrics.json", "data/distill"]}}}))
+
+    def lock(report_md5: str, study_md5: str) -> None:
+        (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {
+            "evaluate": {"outs": [{"path": "data/eval/metrics.json", "md5": "aa11"}]},
+            "distill@red-chair": {"outs": [{"path": "data/distill/red-chair", "md5": "bb22.dir"}]},
+            "distill_other": {"outs": [{"path": "data/distill-other", "md5": "ee55.dir"}]},
+            "train_depth": {"outs": [{"path": "data/models/depth", "md5": study_md5}]},
+            "report": {"outs": [{"path": "data/report", "md5": report_md5}]}}}))
+
+    lock("cc33.dir", "dd44.dir")
+    text = build(tmp_path)
+    assert "<td>evaluate</td><td>data/eval/metrics.json</td><td>aa11</td>" in text
+    assert "<td>distill@red-chair</td><td>data/distill/red-chair</td><td>bb22.dir</td>" in text
+    assert not any(h in text for h in ("cc33", "dd44", "ee55"))
+    lock("ff66.dir", "0077.dir")                                      # a rerun, a study retrained
+    assert build(tmp_path) == text
 
 
 def test_report_leads_with_a_card_per_distilled_asset(tmp_path, monkeypatch):

@@ -151,13 +151,27 @@ def image_quality(p: EvaluateParams, evaluator, real_images: torch.Tensor, capti
         emb = evaluator.embed_images(images)
         per_caption = clip_score(emb, np.repeat(cap_emb, views, axis=0)).reshape(len(caps), views).mean(1)
         lo, hi = bootstrap_ci(per_caption, n_resamples=p.bootstrap, seed=p.seed)
-        out[name] = {"n": int(len(images)), "FID": round(frechet_distance(feats, real_feats), 3),
+        out[name] = {"n": int(len(images)), "resolution": int(images.shape[-1]), "FID": round(frechet_distance(feats, real_feats), 3),
                      "IS": round(inception_score(probs)[0], 4),
                      "clip_score": round(float(per_caption.mean()), 3), "clip_score_ci95": [lo, hi],
                      "r_precision": _rp_row(emb, text_emb, np.repeat(true_idx, views),
                                             np.repeat(np.arange(len(caps)), views), p)}
         grids.mkdir(parents=True, exist_ok=True)
         grid_image(images.permute(0, 2, 3, 1).numpy()[: 8 * views], nrow=views).save(grids / f"samples_{name}.png")
+    return out
+
+
+def ceilings_at_sample_resolution(rows: dict, evaluator, images: torch.Tensor, text_emb, true_idx, uids,
+                                  p: EvaluateParams) -> dict:
+    """`real_<res>px` rows: the real views area-averaged to each resolution the priors of
+    image_quality's `rows` sample below the renders' own. A prior cannot show more than its
+    pixels hold, so this is the ceiling at its size (the evaluator upsamples both alike)."""
+    out = {}
+    for res in sorted({r["resolution"] for r in rows.values() if "resolution" in r}):
+        if res < images.shape[-1]:
+            small = torch.nn.functional.interpolate(images.float(), size=(res, res), mode="area")
+            out[f"real_{res}px"] = {"n": int(len(small)), "resolution": res,
+                                    "r_precision": _rp_row(evaluator.embed_images(small), text_emb, true_idx, uids, p)}
     return out
 
 
@@ -204,6 +218,8 @@ def evaluate(p: EvaluateParams, renders: Path, captions: Path, asset_roots: list
                                              device, precision, texts, text_emb)
     # The ceiling beside each model's row: what the evaluator gives the real renders.
     metrics["image_quality"]["real"]["r_precision"] = metrics["r_precision"]["real_test"]
+    metrics["image_quality"].update(ceilings_at_sample_resolution(metrics["image_quality"], evaluator, images,
+                                                                  text_emb, true_idx, uids, p))
     from dreamline.runinfo import record_run
 
     record_run(out_dir, "evaluate", {"seconds": round(time.perf_counter() - t0, 1), **describe(device, precision)})

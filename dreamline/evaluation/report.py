@@ -237,12 +237,28 @@ MAIN_CURVES = ("base", "mv", "agp", "evaluator")
 STUDIES_CURVES = ("mv", "mv_3d", "dreambooth", "depth", "mvdiffusion")
 
 
+def lineage_rows(lock_path: Path, stage: str) -> list[dict]:
+    """The hashes dvc.lock records for the data `stage` reads (its deps in dvc.yaml beside the
+    lock), by the stage that wrote each. Only these: the rest of the lock (the studies' outputs,
+    this report's own previous hash) can change without this stage's inputs changing, and the
+    page would then differ from run to run."""
+    pipeline_path = lock_path.with_name("dvc.yaml")
+    if not (lock_path.exists() and pipeline_path.exists()):
+        return []
+    reads = set(((yaml.safe_load(pipeline_path.read_text()) or {}).get("stages") or {}).get(stage, {}).get("deps", []))
+    lock = yaml.safe_load(lock_path.read_text()) or {}
+    return [{"stage": st, "output": o["path"], "md5": o.get("md5", "")}
+            for st, body in (lock.get("stages") or {}).items() for o in body.get("outs", [])
+            if any(o["path"] == d or o["path"].startswith(d.rstrip("/") + "/") for d in reads)]
+
+
 def build_report(metrics_path: Path, assets_path: Path, distill_root: Path, models_root: Path,
                  params: dict | None, lock_path: Path, out: Path, texture_path: Path | None = None,
-                 title: str = "dreamline report", curves: tuple[str, ...] = MAIN_CURVES) -> Path:
+                 title: str = "dreamline report", curves: tuple[str, ...] = MAIN_CURVES,
+                 stage: str = "report") -> Path:
     """`params`: the validated parameter sections to show (what the stage ran with, defaults
     filled in), not a file read here. `curves`: the models (folders under `models_root`)
-    whose training loss is drawn."""
+    whose training loss is drawn. `stage`: the DVC stage writing it (its inputs' hashes are shown)."""
     m = json.loads(metrics_path.read_text())
     assets = json.loads(assets_path.read_text()) if assets_path.exists() else []
     s = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>", STYLE,
@@ -306,11 +322,14 @@ def build_report(metrics_path: Path, assets_path: Path, distill_root: Path, mode
         s.append("<h2>Multi-view image quality</h2><p class='note'>Samples for test captions vs held-out "
                  "real renders (MVDream Table 1). R@1 / R@5: sample R-precision, each sample's own caption "
                  "ranked among all captions (test captions and distilled prompts; interval: bootstrap over "
-                 "captions); the real renders' row is the ceiling.</p>")
+                 "captions); the real renders' row is the ceiling, and the same renders area-averaged to a "
+                 "prior's sampling resolution the ceiling at that size.</p>")
         rows = []
         for k, v in q.items():
             rp = v.get("r_precision") or {}
-            rows.append({"model": "real renders (ceiling)" if k == "real" else k, **v, "R@1": rp.get("R@1"),
+            label = {"real": "real renders (ceiling)"}.get(k, f"real renders at {v.get('resolution')} px"
+                                                         if k.startswith("real_") else k)
+            rows.append({"model": label, **v, "R@1": rp.get("R@1"),
                          "R@1 ci95": rp.get("R@1_ci95"), "R@5": rp.get("R@5"), "captions": rp.get("n_captions")})
         s.append(table(rows, ["model", "n", "FID", "IS", "clip_score", "clip_score_ci95", "R@1", "R@1 ci95",
                               "R@5", "captions"]))
@@ -349,10 +368,8 @@ def build_report(metrics_path: Path, assets_path: Path, distill_root: Path, mode
              "(dvc.lock: every stage's inputs and outputs by hash) this report was built from.</p>")
     if params:
         s.append(f"<pre>{html.escape(yaml.safe_dump(params, sort_keys=False))}</pre>")
-    if lock_path.exists():
-        lock = yaml.safe_load(lock_path.read_text()) or {}
-        outs = [{"stage": st, "output": o["path"], "md5": o.get("md5", "")}
-                for st, body in (lock.get("stages") or {}).items() for o in body.get("outs", [])]
+    outs = lineage_rows(lock_path, stage)
+    if outs:
         s.append(table(outs))
     s.append(CHECK_SCRIPT)
     s.append("</body></html>")
