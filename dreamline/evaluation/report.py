@@ -365,7 +365,8 @@ def build_report(metrics_path: Path, assets_path: Path, distill_root: Path, mode
     s.append(line_chart({name: read_curve(models_root / name / TRAIN_LOSS) for name in curves}, "training loss"))
 
     s.append("<h2>Where this came from</h2><p class='note'>The parameters and the data version "
-             "(dvc.lock: every stage's inputs and outputs by hash) this report was built from.</p>")
+             "this report was built from: dvc.lock's hash of each output it reads, by the stage that "
+             "wrote it (<code>dreamline lineage</code> traces any of them further back).</p>")
     if params:
         s.append(f"<pre>{html.escape(yaml.safe_dump(params, sort_keys=False))}</pre>")
     outs = lineage_rows(lock_path, stage)
