@@ -61,10 +61,11 @@ def main(argv=None) -> int:
 
     params = load_params(args.params)
     p = params.evaluate
-    models = dict(m.split("=", 1) for m in args.models)
-    tmp = tempfile.TemporaryDirectory()
+    given = dict(m.split("=", 1) for m in args.models)
+    models = given
     if args.timestep_spacing:
-        models = {n: str(with_spacing(Path(f), Path(tmp.name) / n, args.timestep_spacing)) for n, f in models.items()}
+        tmp = tempfile.TemporaryDirectory()   # removed when the process ends
+        models = {n: str(with_spacing(Path(f), Path(tmp.name) / n, args.timestep_spacing)) for n, f in given.items()}
     q = p.image_quality.model_copy(update={
         "models": models,
         **({"steps": args.steps} if args.steps else {}),
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
         rp = r["r_precision"]
         print(f"{name:<14} {rp['R@1']:>6.3f} {str([round(x, 2) for x in rp['R@1_ci95']]):>16} {rp['R@5']:>6.3f} "
               f"{r['clip_score']:>7.2f} {r['FID']:>8.1f} {r['IS']:>6.2f}")
-        records.append({"model": name, "folder": dict(m.split("=", 1) for m in args.models)[name],
+        records.append({"model": name, "folder": given[name],
                         "timestep_spacing": args.timestep_spacing or "saved", "steps": q.steps, "guidance": q.guidance_scale,
                         "captions": q.captions, "real_R@1": real["R@1"],
                         "real_R@1_at_resolution": small.get(f"real_{r['resolution']}px", {"r_precision": real})
