@@ -290,3 +290,22 @@ def test_pooled_text_token(tmp_path):
     assert torch.equal(encode_text(again, tokenizer, texts, max_tokens=16)[0], pooled)
     plain.save_pretrained(tmp_path / "plain")
     assert POOLED_TOKEN not in json.loads((tmp_path / "plain/config.json").read_text())
+
+
+@pytest.mark.parametrize("start, turn", [(0.0, 90.0), (30.0, -45.0), (200.0, 180.0)])
+def test_cameras_turned_about_up_are_the_orbit_cameras_further_round(start, turn):
+    """train_mv's held-out 'cameras turned' row: the same views, told the object faces
+    `turn` degrees further round, i.e. each camera moved `turn` degrees along its orbit."""
+    import numpy as np
+
+    from dreamline.rendering.cameras import orbit_c2w
+    from dreamline.training.multiview import rotated_about_up
+
+    cams = torch.tensor(np.stack([orbit_c2w(start + 90.0 * k, 20.0, 1.7).reshape(-1) for k in range(4)]),
+                        dtype=torch.float32)
+    want = torch.tensor(np.stack([orbit_c2w(start + turn + 90.0 * k, 20.0, 1.7).reshape(-1) for k in range(4)]),
+                        dtype=torch.float32)
+    got = rotated_about_up(cams, turn)
+    assert got.shape == cams.shape
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert not torch.allclose(got, cams)

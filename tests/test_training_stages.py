@@ -236,7 +236,8 @@ def test_training_stages_end_to_end(tiny):
     mv = check_training(tiny, "mv", 3)
     sets = mv["heldout"]["_sets"]
     assert sets >= 1
-    check_table(mv["heldout"], ("multiview", "multiview_attention_off", "base"), sets * 4 * 2)
+    check_table(mv["heldout"], ("multiview", "multiview_attention_off", "multiview_cameras_turned", "base"),
+                sets * 4 * 2)
     k = min(2, val_captions)
     check_samples(models / "mv", grid_size(4 * k, 4))
     config = json.loads((models / "mv/unet/config.json").read_text())
