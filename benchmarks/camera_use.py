@@ -23,13 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def score(folder: Path, base: Path) -> dict:
+def score(folder: Path, base: Path, eval_timesteps: int | None = None) -> dict:
     from dreamline.config import load_params
     from dreamline.training.common import load_base_pipeline
     from dreamline.training.multiview import MultiViewTraining, heldout_comparison
 
     p = load_params(ROOT / "params.yaml").train_mv
-    p = p.model_copy(update={"base_model": str(folder)})
+    p = p.model_copy(update={"base_model": str(folder),
+                             **({"eval_timesteps": eval_timesteps} if eval_timesteps else {})})
     run = MultiViewTraining(p, ROOT / "data/renders", ROOT / "data/captions/captions.parquet",
                             Path("/nonexistent-out"), Path("/nonexistent-work"))
     run.prepare()
@@ -41,6 +42,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="+", type=Path)
     ap.add_argument("--base", type=Path, default=ROOT / "data/models/base")
+    ap.add_argument("--eval-timesteps", type=int, default=None,
+                    help="evenly spaced t of the comparison (train_mv.eval_timesteps unless given); "
+                         "24 reaches t = 959, where only the cameras say which way the object faces")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -51,7 +55,7 @@ def main(argv=None) -> int:
     torch.set_grad_enabled(False)
     out = {}
     for folder in args.models:
-        table = score(folder, args.base)
+        table = score(folder, args.base, args.eval_timesteps)
         out[str(folder)] = table
         print(folder)
         for name, row in table.items():
@@ -60,6 +64,9 @@ def main(argv=None) -> int:
             extra = (f"  minus multiview {row['minus_multiview']:+.6f} {row['ci95']}"
                      if "minus_multiview" in row else "")
             print(f"  {name:<28} {row['loss']:.6f}{extra}")
+        turned, mv = table["multiview_cameras_turned"]["per_timestep"], table["multiview"]["per_timestep"]
+        print("  cameras turned minus multiview, per t: "
+              + " ".join(f"{t}:{turned[t] - mv[t]:+.5f}" for t in mv))
     if args.json:
         from dreamline.atomic import write_json_atomic
 

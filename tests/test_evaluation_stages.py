@@ -97,6 +97,10 @@ def test_evaluation_stages_and_report_in_a_browser(tmp_path, prefect_api_url):
     assert (geo["n_images"], geo["n_units"], geo["n_captions"]) == (real["n_images"], real["n_units"], real["n_captions"])
     assert set(m["assets"]) == {"distill:mv-sds+agp"}
     assert m["assets"]["distill:mv-sds+agp"]["n_assets"] == 2
+    # Quarter-turn silhouette IoU of the assets, and of the real test objects beside them.
+    assert 0.0 <= m["real_test_turn_iou"] <= 1.0
+    turn = m["assets"]["distill:mv-sds+agp"]["turn_iou"]
+    assert turn is None or 0.0 <= turn <= 1.0
     # The priors sample below the renders' resolution: the real views at theirs are a second ceiling.
     res = m["image_quality"]["mv"]["resolution"]
     assert res < TINY["evaluate"]["resolution"] and m["image_quality"]["base"]["resolution"] == res

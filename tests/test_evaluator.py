@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dreamline.representations.configs import VoxelParams
-from dreamline.evaluation.asset_metrics import AssetViews, consistency_psnr, janus_score, render_asset
+from dreamline.evaluation.asset_metrics import AssetViews, consistency_psnr, janus_score, render_asset, turn_iou
 from dreamline.evaluation.evaluator import CLIPEvaluator, LiTEvaluator, load_evaluator, train_heads
 from dreamline.evaluation.metrics import r_precision
 from dreamline.representations.voxel import VoxelField
@@ -109,6 +109,35 @@ def test_janus_proxy_on_planted_embeddings():
     assert janus_score(two_faced, az) == pytest.approx(1.0)
     one_faced = np.stack([face, face * 0.7 + side * 0.7, -face, face * 0.7 + side * 0.7])
     assert janus_score(one_faced / np.linalg.norm(one_faced, axis=1, keepdims=True), az) < 0
+
+
+def test_turn_iou_on_planted_silhouettes():
+    wide = np.zeros((8, 8), bool)
+    wide[3:5, 1:7] = True                    # 12 pixels
+    narrow = np.zeros((8, 8), bool)
+    narrow[3:5, 3:5] = True                  # 4 of them
+    assert turn_iou(np.stack([wide, narrow, wide, narrow]), [0.0, 90.0, 180.0, 270.0]) == pytest.approx(4 / 12)
+    assert turn_iou(np.stack([wide] * 4), [10.0, 100.0, 190.0, 280.0]) == pytest.approx(1.0)
+    # only the pairs a quarter turn apart count; none here
+    assert turn_iou(np.stack([wide, narrow]), [0.0, 45.0]) is None
+
+
+def test_turn_iou_tells_a_solid_of_revolution_from_a_slab():
+    p = VoxelParams(resolution=16, blob_density=0.0, density_bias=0.0)
+    x = torch.linspace(-1, 1, 16)
+    z_, y_, x_ = torch.meshgrid(x, x, x, indexing="ij")
+
+    def field(inside: torch.Tensor) -> VoxelField:
+        f = VoxelField(p, torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            f.density.copy_(torch.where(inside, 30.0, -30.0)[None, None])
+        return f
+
+    ball = field(z_ ** 2 + y_ ** 2 + x_ ** 2 < 0.5)
+    slab = field((x_.abs() < 0.7) & (y_.abs() < 0.5) & (z_.abs() < 0.15))   # wide one way, thin the other
+    iou = {name: turn_iou(render_asset(f, 8, 0.0, 48, 0.6).depth > 0, [45.0 * k for k in range(8)])
+           for name, f in (("ball", ball), ("slab", slab))}
+    assert iou["ball"] > 0.9 and iou["slab"] < 0.5, iou
 
 
 def test_heads_are_a_function_of_the_seed_not_of_the_global_rng():

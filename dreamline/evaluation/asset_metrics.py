@@ -10,6 +10,12 @@ from front and back (mugs, bottles, lamps, tables: symmetric objects) are flagge
 consistent; a Janus asset whose second face is seen only from above or at another azimuth
 is missed; at 64 px the embedding may not resolve faces at all. Read it as a rate to
 compare between methods on the same prompts, not as an absolute.
+
+Quarter-turn silhouette IoU: the IoU of an object's silhouette (opacity > 0.5) with its
+silhouette a quarter turn further round, averaged over the views. A solid of revolution
+(what score distillation makes when its prior cannot tell the views apart) scores 1; a chair
+or a car, whose side and front differ, much less. The evaluate stage gives the real test
+objects' value beside the assets'.
 """
 from __future__ import annotations
 
@@ -35,6 +41,21 @@ class AssetViews:
     albedo: np.ndarray        # (N, H, W, 3) unshaded colour (view-independent: for consistency)
     depth: np.ndarray         # (N, H, W) expected depth / opacity where opaque, else 0
     cameras: list[Camera]
+
+
+def turn_iou(masks: np.ndarray, azimuths: list[float], turn: float = 90.0, tol: float = 1.0) -> float | None:
+    """Mean IoU of each (H, W) boolean silhouette with the one `turn` degrees further round
+    (views whose partner is missing, or pairs both empty, are skipped; None if no pair)."""
+    ious = []
+    for k, a in enumerate(azimuths):
+        gaps = [abs(((b - a - turn + 180.0) % 360.0) - 180.0) for b in azimuths]
+        j = int(np.argmin(gaps))
+        if gaps[j] > tol:
+            continue
+        union = np.logical_or(masks[k], masks[j]).sum()
+        if union:
+            ious.append(np.logical_and(masks[k], masks[j]).sum() / union)
+    return float(np.mean(ious)) if ious else None
 
 
 @torch.no_grad()

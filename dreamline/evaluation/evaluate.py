@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from dreamline.config import EvaluateParams
-from dreamline.evaluation.asset_metrics import consistency_psnr, janus_score, render_asset
+from dreamline.evaluation.asset_metrics import consistency_psnr, janus_score, render_asset, turn_iou
 from dreamline.evaluation.evaluator import load_evaluator
 from dreamline.evaluation.metrics import (bootstrap_ci, clip_score, frechet_distance, inception_score,
                                           retrieval_ranks)
@@ -84,6 +84,8 @@ def evaluate_assets(p: EvaluateParams, evaluator, folders: list[Path], texts: li
                 row.setdefault("embeddings", {})[kind] = emb
             if kind == "colour":
                 row["janus"] = round(janus_score(emb, views.azimuths), 5)
+        silhouette = turn_iou(views.depth > 0, views.azimuths)
+        row["turn_iou"] = round(silhouette, 4) if silhouette is not None else None
         psnr = consistency_psnr(views)
         row["psnr"] = round(float(np.mean(psnr)), 3) if psnr else None
         row["psnr_pairs"] = len(psnr)
@@ -107,6 +109,8 @@ def summarise_assets(rows: list[dict], p: EvaluateParams) -> dict:
     psnr = [r["psnr"] for r in rows if r["psnr"] is not None]
     out["psnr"] = round(float(np.mean(psnr)), 3) if psnr else None
     out["janus_rate"] = round(float(np.mean([r["janus"] > 0 for r in rows])), 4)
+    turns = [r["turn_iou"] for r in rows if r.get("turn_iou") is not None]
+    out["turn_iou"] = round(float(np.mean(turns)), 4) if turns else None
     out["consistency_rate"] = round(1.0 - out["janus_rate"], 4)
     return out
 
@@ -175,6 +179,25 @@ def ceilings_at_sample_resolution(rows: dict, evaluator, images: torch.Tensor, t
     return out
 
 
+def real_turn_iou(renders: Path, rows, resolution: int) -> float | None:
+    """The quarter-turn silhouette IoU of the real test objects (asset_metrics.turn_iou): each
+    object's views of one render set (same camera distance and field of view), alpha > 0.5
+    at `resolution`, averaged over objects."""
+    from PIL import Image
+
+    per_object = []
+    for (_, _), g in rows.groupby(["uid", "set"], sort=True):
+        masks = []
+        for rel in g["rgba_path"]:
+            alpha = np.asarray(Image.open(Path(renders) / rel).convert("RGBA"), dtype=np.float32)[..., 3] / 255.0
+            pooled = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(alpha)[None, None], resolution)
+            masks.append(pooled[0, 0].numpy() > 0.5)
+        value = turn_iou(np.stack(masks), g["azimuth_deg"].tolist())
+        if value is not None:
+            per_object.append(value)
+    return round(float(np.mean(per_object)), 4) if per_object else None
+
+
 def evaluate(p: EvaluateParams, renders: Path, captions: Path, asset_roots: list[Path], out_dir: Path,
              radius: float, log=print, device: torch.device | str | None = None, precision: str = "fp32",
              prompts: list[str] = ()) -> dict:
@@ -207,7 +230,8 @@ def evaluate(p: EvaluateParams, renders: Path, captions: Path, asset_roots: list
     features = fid_features(evaluator, p.image_quality.inception_weights, device, precision)
     metrics = {"evaluator": evaluator.name, "feature_net": features.name,
                "r_precision": {"real_test": _rp_row(real_emb, text_emb, true_idx, uids, p),
-                               "real_test_geo": _rp_row(geo_emb, text_emb, true_idx, uids, p)}}
+                               "real_test_geo": _rp_row(geo_emb, text_emb, true_idx, uids, p)},
+               "real_test_turn_iou": real_turn_iou(renders, rows, p.resolution)}
     asset_rows = evaluate_assets(p, evaluator, folders, texts, text_emb, out_dir / "grids", radius, device)
     groups: dict[str, list[dict]] = {}
     for r in asset_rows:

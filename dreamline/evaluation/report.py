@@ -293,19 +293,22 @@ def build_report(metrics_path: Path, assets_path: Path, distill_root: Path, mode
     s.append("<h2>CLIP R-precision</h2><p class='note'>Renders at "
              "fixed azimuths; the true prompt ranked against every test caption and every distilled "
              "prompt (distractors). Real renders of test objects are the ceiling row (geo: the same views "
-             "shaded textureless, as the assets' geo renders are). Intervals: "
+             "shaded textureless, as the assets' geo renders are). Quarter-turn IoU: the silhouette's "
+             "IoU with itself a quarter turn further round (1: the same from every side, as a solid of "
+             "revolution; the real row: the test objects). Intervals: "
              "bootstrap over objects / assets.</p>")
     real_geo = m["r_precision"].get("real_test_geo", {})
     rows = [{"row": "real test renders (ceiling)", "n": real["n_units"], "captions": real["n_captions"],
              "R@1 colour": real["R@1"], "R@1 ci95": real["R@1_ci95"], "R@5 colour": real["R@5"],
-             "R@1 geo": real_geo.get("R@1"), "R@5 geo": real_geo.get("R@5")}]
+             "R@1 geo": real_geo.get("R@1"), "R@5 geo": real_geo.get("R@5"),
+             "quarter-turn IoU": m.get("real_test_turn_iou")}]
     for name, a in m.get("assets", {}).items():
         rows.append({"row": name, "n": a["n_assets"], "captions": real["n_captions"],
                      "R@1 colour": a["colour_R@1"], "R@1 ci95": a["colour_R@1_ci95"], "R@5 colour": a["colour_R@5"],
                      "R@1 geo": a["geo_R@1"], "R@5 geo": a["geo_R@5"], "PSNR": a["psnr"],
-                     "consistency rate": a["consistency_rate"]})
+                     "consistency rate": a["consistency_rate"], "quarter-turn IoU": a.get("turn_iou")})
     s.append(table(rows, ["row", "n", "captions", "R@1 colour", "R@1 ci95", "R@5 colour", "R@1 geo",
-                          "R@5 geo", "PSNR", "consistency rate"]))
+                          "R@5 geo", "PSNR", "consistency rate", "quarter-turn IoU"]))
     s.append(bar_chart({r["row"]: r["R@1 colour"] for r in rows}, "R@1 (colour renders)", vmax=1.0))
     ablation = {k.split(":", 1)[1]: v for k, v in m.get("assets", {}).items() if k.startswith("ablation:")}
     if ablation:
