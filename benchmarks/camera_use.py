@@ -31,6 +31,8 @@ def score(folder: Path, base: Path, eval_timesteps: int | None = None) -> dict:
     p = load_params(ROOT / "params.yaml").train_mv
     p = p.model_copy(update={"base_model": str(folder),
                              **({"eval_timesteps": eval_timesteps} if eval_timesteps else {})})
+    # Only prepare() runs (it loads the folder, the val split and its text bank as train_mv
+    # does); nothing is trained or written, so the output and work folders are never made.
     run = MultiViewTraining(p, ROOT / "data/renders", ROOT / "data/captions/captions.parquet",
                             Path("/nonexistent-out"), Path("/nonexistent-work"))
     run.prepare()
