@@ -267,6 +267,10 @@ class TrainMVParams(Strict):
     caption_suffix: str = ", 3d asset"
     original_text_prob: float = Field(0.3, ge=0.0, le=1.0)
     caption_dropout: float = Field(0.1, ge=0.0, le=1.0)
+    # Fraction of 3D batches whose timesteps are drawn from [high_t_min, T) only: where the
+    # noisy views no longer show which way the object faces, so only the cameras can say.
+    high_t_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    high_t_min: int = Field(950, ge=0, le=999)
     # Held-out comparison (val split): 4-view denoising loss of base vs MV vs MV-attention-off.
     eval_timesteps: int = Field(8, ge=1, le=1000)
     train: TrainingParams = TrainingParams(steps=300, batch_size=8, lr=3e-4, guidance_scale=2.0)

@@ -247,6 +247,36 @@ def test_min_snr_weighting_is_the_formula_and_only_reweights():
         assert torch.allclose(denoise_loss(unet, sch, batch, noise, t, snr_gamma=None), plain.mean())
 
 
+def test_batch_t_min_draws_training_timesteps_from_the_top_only():
+    """DenoiseBatch.t_min (train_mv.high_t_fraction): the batch trains at t >= t_min, one t per
+    view set; t_min 0 draws exactly what the plain objective draws."""
+    from diffusers import DDPMScheduler
+
+    from dreamline.training.objectives import DenoiseBatch, training_loss
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x, t, **_):
+            seen.append(t.clone())
+            return SimpleNamespace(sample=x * 0.0)
+
+    unet = Spy()
+    unet.attn_processors = {}
+    sch = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+    latents = torch.randn(64 * 4, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    batch = DenoiseBatch(latents, torch.zeros(256, 2, 4), None, None, num_views=4)
+    training_loss(unet, sch, batch, torch.Generator().manual_seed(1))
+    batch.t_min = 0
+    training_loss(unet, sch, batch, torch.Generator().manual_seed(1))
+    batch.t_min = 950
+    training_loss(unet, sch, batch, torch.Generator().manual_seed(1))
+    plain, zero, top = seen
+    assert torch.equal(plain, zero) and plain.min() < 900
+    assert top.min() >= 950 and top.max() <= 999 and len(top.unique()) > 10
+    assert torch.equal(top.reshape(-1, 4), top.reshape(-1, 4)[:, :1].expand(-1, 4))
+
+
 def test_cosine_lr_schedule_and_its_run_key():
     from dreamline.config import TrainingParams
     from dreamline.training.loop import lr_factor

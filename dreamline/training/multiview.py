@@ -108,6 +108,9 @@ class MultiViewTraining(FineTuning):
         # An SD-layout folder arrives already converted (zero camera MLP, joint attention).
         self.model = pipe.unet if is_multiview(pipe.unet) and has_camera(pipe.unet) else to_multiview(pipe.unet)
         self.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        T = self.scheduler.config.num_train_timesteps
+        if p.high_t_fraction and p.high_t_min >= T:
+            raise ValueError(f"train_mv.high_t_min {p.high_t_min}: the model has timesteps 0..{T - 1}")
 
     def learns_from(self) -> tuple[str, ...]:
         return (*super().learns_from(), file_digest(Path(self.p.base_model)))
@@ -133,6 +136,9 @@ class MultiViewTraining(FineTuning):
         span, chosen, texts = part.span(len(chosen)), part.take(chosen), part.take(texts)
         batch = set_batch(pipe, train, chosen, texts, self.bank, F)
         batch.part = span
+        # Its own stream, so the batches and captions are those of high_t_fraction 0.
+        if np.random.default_rng([seed, step, 13]).random() < p.high_t_fraction:
+            batch.t_min = p.high_t_min
         return batch
 
     def evaluate(self) -> dict:

@@ -27,6 +27,9 @@ class DenoiseBatch:
     # `units` objects (F views each), one part of a data-parallel / accumulated step
     # (dreamline.training.loop.Part); None: the whole batch.
     part: tuple[int, int, int] | None = None
+    # Training timesteps are drawn from [t_min, T): > 0 spends the batch where the noisy input
+    # no longer shows the object (train_mv's high_t_fraction).
+    t_min: int = 0
 
 
 def unet_forward(unet, z_t: torch.Tensor, t: torch.Tensor, batch: DenoiseBatch) -> torch.Tensor:
@@ -113,7 +116,8 @@ def min_snr_weight(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
 
 def training_loss(unet, scheduler, batch: DenoiseBatch, generator: torch.Generator,
                   snr_gamma: float | None = None) -> torch.Tensor:
-    noise, t = draw_noise(batch, scheduler.config.num_train_timesteps, generator)
+    T = scheduler.config.num_train_timesteps
+    noise, t = draw_noise(batch, T, generator, (batch.t_min, T) if batch.t_min else None)
     return denoise_loss(unet, scheduler, batch, noise, t, snr_gamma=snr_gamma)
 
 
