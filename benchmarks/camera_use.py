@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def score(folder: Path, base: Path, eval_timesteps: int | None = None) -> dict:
+def score(folder: Path, base: Path, eval_timesteps: int | None = None, t_min: int = 0) -> dict:
     from dreamline.config import load_params
     from dreamline.training.common import load_base_pipeline
     from dreamline.training.multiview import MultiViewTraining, heldout_comparison
@@ -37,7 +37,9 @@ def score(folder: Path, base: Path, eval_timesteps: int | None = None) -> dict:
                             Path("/nonexistent-out"), Path("/nonexistent-work"))
     run.prepare()
     base_unet = load_base_pipeline(base).unet.eval().requires_grad_(False)
-    return heldout_comparison(base_unet, run.model.eval(), run.pipe, run.val, run.val_bank, p, run.max_tokens)
+    T = run.scheduler.config.num_train_timesteps
+    return heldout_comparison(base_unet, run.model.eval(), run.pipe, run.val, run.val_bank, p, run.max_tokens,
+                              t_range=(t_min, T))
 
 
 def main(argv=None) -> int:
@@ -47,6 +49,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-timesteps", type=int, default=None,
                     help="evenly spaced t of the comparison (train_mv.eval_timesteps unless given); "
                          "24 reaches t = 959, where only the cameras say which way the object faces")
+    ap.add_argument("--t-min", type=int, default=0,
+                    help="score only t >= this (e.g. 950: where the noisy views hide the object)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -57,7 +61,7 @@ def main(argv=None) -> int:
     torch.set_grad_enabled(False)
     out = {}
     for folder in args.models:
-        table = score(folder, args.base, args.eval_timesteps)
+        table = score(folder, args.base, args.eval_timesteps, args.t_min)
         out[str(folder)] = table
         print(folder)
         for name, row in table.items():

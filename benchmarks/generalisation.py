@@ -371,10 +371,11 @@ def print_check(check: list[dict], captions: Path, log=print) -> None:
 
 def print_results(rows: list[dict], summaries: dict, counts: dict, log=print) -> None:
     log(f"\n{'prompt':28} {'kind':12} {'unseen':6} {'col med':>7} {'col R@1':>7} {'col R@5':>7} "
-        f"{'geo R@1':>7} {'geo R@5':>7}")
+        f"{'geo R@1':>7} {'geo R@5':>7} {'turn IoU':>8}")
     for r in rows:
         log(f"{r['prompt'][:28]:28} {r['kind']:12} {_fmt(r['unseen']):6} {r['colour_median_rank']:7.1f} "
-            f"{r['colour_R@1']:7.3f} {r['colour_R@5']:7.3f} {r['geo_R@1']:7.3f} {r['geo_R@5']:7.3f}")
+            f"{r['colour_R@1']:7.3f} {r['colour_R@5']:7.3f} {r['geo_R@1']:7.3f} {r['geo_R@5']:7.3f} "
+            f"{_fmt(r.get('turn_iou')):>8}")
         if "meaning" in r:
             log(f"{'  as ' + r['meaning']:28} {'by meaning':12} {'':6} {r['meaning_colour_median_rank']:7.1f} "
                 f"{r['meaning_colour_R@1']:7.3f} {r['meaning_colour_R@5']:7.3f} {r['meaning_geo_R@1']:7.3f} "
@@ -384,7 +385,8 @@ def print_results(rows: list[dict], summaries: dict, counts: dict, log=print) ->
     for name, s in summaries.items():
         log(f"{name:22} n={s['n_assets']:<3} " + "  ".join(
             f"{kind} R@{k} {s[f'{kind}_R@{k}']:.3f} [{_fmt(s[f'{kind}_R@{k}_ci95'][0])}, "
-            f"{_fmt(s[f'{kind}_R@{k}_ci95'][1])}]" for kind in ("colour", "geo") for k in (1, 5)))
+            f"{_fmt(s[f'{kind}_R@{k}_ci95'][1])}]" for kind in ("colour", "geo") for k in (1, 5))
+            + f"  turn IoU {_fmt(s.get('turn_iou'))}")
 
 
 def main(argv=None) -> int:

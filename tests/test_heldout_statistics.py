@@ -51,3 +51,16 @@ def test_identical_models_have_zero_difference_and_a_zero_width_interval():
                                 sched, timesteps=3, seed=0)
     table = comparison_table(res, "a")
     assert table["b"]["minus_a"] == 0.0 and table["b"]["ci95"] == [0.0, 0.0]
+
+
+def test_a_timestep_range_scores_only_its_timesteps():
+    """t_range (benchmarks/camera_use.py --t-min): the evenly spaced grid lies inside it; the
+    default range is every timestep."""
+    sched = DDPMScheduler(num_train_timesteps=100, prediction_type="v_prediction")
+    batches = _batches(1)
+    top = paired_heldout_losses({"a": (ConstantModel(0.0), batches)}, sched, timesteps=4, seed=0, t_range=(90, 100))
+    full = paired_heldout_losses({"a": (ConstantModel(0.0), batches)}, sched, timesteps=4, seed=0)
+    assert list(top["a"]["per_timestep"]) == [92, 94, 95, 97]
+    assert list(full["a"]["per_timestep"]) == [20, 40, 59, 79]
+    # A constant-0 prediction at high noise misses v = -x0 nearly in full, at low noise mostly eps.
+    assert top["a"]["loss"] != full["a"]["loss"]

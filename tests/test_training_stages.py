@@ -41,7 +41,7 @@ TINY = {
     "train_mv": {"eval_timesteps": 2,
                  "train": {"steps": 3, "batch_size": 2, "log_every": 1, "sample_steps": 2,
                            "sample_captions": 2, "threads": 1}},
-    "train_mv_3d": {"eval_timesteps": 2,
+    "train_mv_3d": {"eval_timesteps": 2, "high_t_fraction": 1.0,   # its 3D batches at t >= 950 only
                     "train": {"steps": 3, "batch_size": 2, "log_every": 1, "sample_steps": 2,
                               "sample_captions": 2, "threads": 1}},
     "train_agp": {"eval_timesteps": 2, "ablation": True,   # the camera-off run too (a study: off by default)

@@ -55,7 +55,8 @@ def rotated_about_up(cameras: torch.Tensor, degrees: float) -> torch.Tensor:
     return (turn @ cameras.reshape(-1, 4, 4)).reshape(cameras.shape)
 
 
-def heldout_comparison(base_unet, mv_unet, pipe, val, bank, p: TrainMVParams, max_tokens: int) -> dict:
+def heldout_comparison(base_unet, mv_unet, pipe, val, bank, p: TrainMVParams, max_tokens: int,
+                       t_range: tuple[int, int] | None = None) -> dict:
     """MVDream's claim on val view sets, same noisy inputs for every row:
     base model (per view, no camera) vs multi-view model vs the same with attention per view,
     and the multi-view model told the wrong orientation (every camera turned 90 degrees about
@@ -79,7 +80,7 @@ def heldout_comparison(base_unet, mv_unet, pipe, val, bank, p: TrainMVParams, ma
         "multiview_attention_off": (mv_unet, batches(p.caption_suffix, True, 1)),
         "multiview_cameras_turned": (mv_unet, batches(p.caption_suffix, True, p.num_views, 90.0)),
         "base": (base_unet, batches("", False, 1)),
-    }, pipe.scheduler, p.eval_timesteps, p.train.seed, unit_size=p.num_views)
+    }, pipe.scheduler, p.eval_timesteps, p.train.seed, unit_size=p.num_views, t_range=t_range)
     table = comparison_table(results, "multiview", p.train.seed)
     table["_sets"] = int(len(sets))
     return table

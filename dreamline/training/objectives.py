@@ -123,19 +123,20 @@ def training_loss(unet, scheduler, batch: DenoiseBatch, generator: torch.Generat
 
 @torch.no_grad()
 def paired_heldout_losses(variants: dict[str, tuple], scheduler, timesteps: int,
-                          seed: int, unit_size: int = 1) -> dict[str, dict]:
+                          seed: int, unit_size: int = 1, t_range: tuple[int, int] | None = None) -> dict[str, dict]:
     """Mean held-out denoising loss of several (model, batches) variants on the SAME noise.
 
     Each variant is (unet, list of DenoiseBatch); the lists are aligned and hold the same
     latents, differing only in what the variant changes (text, cameras, F). Every batch is
-    evaluated at `timesteps` evenly spaced t with noise drawn from `seed`, so rows differ
+    evaluated at `timesteps` evenly spaced t (inside `t_range`, default all) with noise drawn
+    from `seed`, so rows differ
     only by the model or its conditioning. Per row: mean loss, per-timestep means, every
     evaluation's loss ("items": images x timesteps) and per-unit losses ("units"): the
     mean over timesteps and over `unit_size` consecutive images (the views of one set),
     the independent units a bootstrap may resample.
     """
-    T = scheduler.config.num_train_timesteps
-    grid = torch.linspace(0, T - 1, timesteps + 2)[1:-1].round().long()
+    lo, hi = t_range or (0, scheduler.config.num_train_timesteps)
+    grid = torch.linspace(lo, hi - 1, timesteps + 2)[1:-1].round().long()
     names = list(variants)
     first = variants[names[0]][1]
     per_item = {name: [] for name in names}
