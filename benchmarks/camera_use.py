@@ -2,6 +2,7 @@
 the true cameras and with every camera turned about the up axis.
 
     python benchmarks/camera_use.py data/models/mv [more mv folders] [--base data/models/base] \
+        [--eval-timesteps N] [--t-min 950] [--target "a green car" ...] \
         [--json benchmarks/results/camera_use.json]
 
 Each folder is scored by train_mv's own held-out comparison (dreamline.training.multiview.
@@ -42,6 +43,40 @@ def score(folder: Path, base: Path, eval_timesteps: int | None = None, t_min: in
                               t_range=(t_min, T))
 
 
+def target_turn_iou(folder: Path, prompt: str, t: int, draws: int, guidance: float = 7.5,
+                    rescale: float = 0.5, threshold: float = 0.15) -> dict:
+    """What mv-sds asks of an asset at timestep t: the prior's guided x0 estimate for the four
+    orbit cameras (azimuths 0, 90, 180, 270, as in a distillation step) from a white canvas under
+    noise, decoded; its silhouette (pixels more than `threshold` from white) per view and their
+    quarter-turn IoU (dreamline.evaluation.asset_metrics.turn_iou), per noise draw. Near 1: the
+    prior asks for the same outline from the front and the side, whatever it was told."""
+    import numpy as np
+    import torch
+
+    from dreamline.evaluation.asset_metrics import turn_iou
+    from dreamline.guidance.prior import DiffusionPrior
+    from dreamline.models.codec import from_latent
+    from dreamline.training.common import orbit_cameras
+
+    prior = DiffusionPrior.load(str(folder), device="cpu")
+    r, views = prior.resolution, 4
+    z0 = prior.encode(torch.ones(views, 3, r, r))
+    cams = orbit_cameras(views)
+    steps = torch.full((views,), int(t), dtype=torch.long)
+    ious = []
+    for d in range(draws):
+        noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(d))
+        pred = prior.guided(prior.add_noise(z0, noise, steps), steps, [prompt] * views, [""] * views,
+                            guidance, cams, num_views=views, rescale=rescale)
+        image = (from_latent(prior.vae, pred.x0).clamp(-1, 1) + 1) / 2
+        masks = ((1.0 - image).abs().amax(1) > threshold).numpy()
+        value = turn_iou(masks, [0.0, 90.0, 180.0, 270.0])
+        if value is not None:
+            ious.append(value)
+    return {"prompt": prompt, "t": int(t), "draws": draws, "turn_iou": round(float(np.mean(ious)), 4) if ious else None,
+            "turn_iou_per_draw": [round(v, 4) for v in ious]}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="+", type=Path)
@@ -51,6 +86,11 @@ def main(argv=None) -> int:
                          "24 reaches t = 959, where only the cameras say which way the object faces")
     ap.add_argument("--t-min", type=int, default=0,
                     help="score only t >= this (e.g. 950: where the noisy views hide the object)")
+    ap.add_argument("--target", action="append", default=[], metavar="PROMPT",
+                    help="also the quarter-turn IoU of the x0 targets mv-sds would give this prompt "
+                         "(target_turn_iou); repeatable")
+    ap.add_argument("--target-t", type=int, nargs="+", default=[980, 800, 500])
+    ap.add_argument("--target-draws", type=int, default=8)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -62,7 +102,9 @@ def main(argv=None) -> int:
     out = {}
     for folder in args.models:
         table = score(folder, args.base, args.eval_timesteps, args.t_min)
-        out[str(folder)] = table
+        targets = [target_turn_iou(folder, prompt, t, args.target_draws)
+                   for prompt in args.target for t in args.target_t]
+        out[str(folder)] = {**table, **({"_targets": targets} if targets else {})}
         print(folder)
         for name, row in table.items():
             if name.startswith("_"):
@@ -73,6 +115,8 @@ def main(argv=None) -> int:
         turned, mv = table["multiview_cameras_turned"]["per_timestep"], table["multiview"]["per_timestep"]
         print("  cameras turned minus multiview, per t: "
               + " ".join(f"{t}:{turned[t] - mv[t]:+.5f}" for t in mv))
+        for row in targets:
+            print(f"  x0 target quarter-turn IoU, {row['prompt']!r} t={row['t']}: {row['turn_iou']}")
     if args.json:
         from dreamline.atomic import write_json_atomic
 
