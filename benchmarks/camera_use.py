@@ -44,12 +44,14 @@ def score(folder: Path, base: Path, eval_timesteps: int | None = None, t_min: in
 
 
 def target_turn_iou(folder: Path, prompt: str, t: int, draws: int, guidance: float = 7.5,
-                    rescale: float = 0.5, threshold: float = 0.15) -> dict:
+                    rescale: float = 0.5, threshold: float = 0.15, png: Path | None = None,
+                    uncond_cameras: bool = True) -> dict:
     """What mv-sds asks of an asset at timestep t: the prior's guided x0 estimate for the four
     orbit cameras (azimuths 0, 90, 180, 270, as in a distillation step) from a white canvas under
     noise, decoded; its silhouette (pixels more than `threshold` from white) per view and their
     quarter-turn IoU (dreamline.evaluation.asset_metrics.turn_iou), per noise draw. Near 1: the
-    prior asks for the same outline from the front and the side, whatever it was told."""
+    prior asks for the same outline from the front and the side, whatever it was told. `png`:
+    the targets as a grid, a row per draw, a column per camera."""
     import numpy as np
     import torch
 
@@ -63,17 +65,23 @@ def target_turn_iou(folder: Path, prompt: str, t: int, draws: int, guidance: flo
     z0 = prior.encode(torch.ones(views, 3, r, r))
     cams = orbit_cameras(views)
     steps = torch.full((views,), int(t), dtype=torch.long)
-    ious = []
+    ious, rows = [], []
     for d in range(draws):
         noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(d))
         pred = prior.guided(prior.add_noise(z0, noise, steps), steps, [prompt] * views, [""] * views,
-                            guidance, cams, num_views=views, rescale=rescale)
+                            guidance, cams, num_views=views, rescale=rescale, uncond_cameras=uncond_cameras)
         image = (from_latent(prior.vae, pred.x0).clamp(-1, 1) + 1) / 2
+        rows.append(image)
         masks = ((1.0 - image).abs().amax(1) > threshold).numpy()
         value = turn_iou(masks, [0.0, 90.0, 180.0, 270.0])
         if value is not None:
             ious.append(value)
-    return {"prompt": prompt, "t": int(t), "draws": draws, "turn_iou": round(float(np.mean(ious)), 4) if ious else None,
+    if png is not None:
+        from dreamline.models.grid import grid_image
+
+        png.parent.mkdir(parents=True, exist_ok=True)
+        grid_image(torch.cat(rows).permute(0, 2, 3, 1).numpy(), nrow=views).save(png)
+    return {"prompt": prompt, "t": int(t), "draws": draws, "guidance": guidance, "turn_iou": round(float(np.mean(ious)), 4) if ious else None,
             "turn_iou_per_draw": [round(v, 4) for v in ious]}
 
 
@@ -91,6 +99,11 @@ def main(argv=None) -> int:
                          "(target_turn_iou); repeatable")
     ap.add_argument("--target-t", type=int, nargs="+", default=[980, 800, 500])
     ap.add_argument("--target-draws", type=int, default=8)
+    ap.add_argument("--target-cfg", type=float, default=7.5, help="CFG of the x0 targets (mv-sds's default 7.5)")
+    ap.add_argument("--target-camera-guidance", action="store_true",
+                    help="the targets' unconditional branch without cameras (mv-sds camera_guidance)")
+    ap.add_argument("--target-png", type=Path, default=None,
+                    help="a folder for the targets as images: <model>_<prompt>_t<t>.png")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -102,7 +115,14 @@ def main(argv=None) -> int:
     out = {}
     for folder in args.models:
         table = score(folder, args.base, args.eval_timesteps, args.t_min)
-        targets = [target_turn_iou(folder, prompt, t, args.target_draws)
+        def png(prompt: str, t: int) -> Path | None:
+            if args.target_png is None:
+                return None
+            cam = "_camguide" if args.target_camera_guidance else ""
+            return args.target_png / f"{folder.name}_{prompt.replace(' ', '-')}_t{t}_cfg{args.target_cfg:g}{cam}.png"
+
+        targets = [target_turn_iou(folder, prompt, t, args.target_draws, args.target_cfg, png=png(prompt, t),
+                                   uncond_cameras=not args.target_camera_guidance)
                    for prompt in args.target for t in args.target_t]
         out[str(folder)] = {**table, **({"_targets": targets} if targets else {})}
         print(folder)

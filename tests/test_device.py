@@ -190,6 +190,26 @@ def test_bf16_prior_predicts_close_to_fp32():
     assert (a - b).norm() / a.norm() < 0.05
 
 
+def test_camera_free_unconditional_branch_is_two_plain_predictions():
+    """guided(uncond_cameras=False): the unconditional half without the camera embedding, the
+    conditional half with it, each as its own call would give it; the default keeps both."""
+    from dreamline.guidance.prior import DiffusionPrior
+
+    prior = DiffusionPrior(tiny_pipeline(seed=2), device="cpu", precision="fp32")
+    g = torch.Generator().manual_seed(0)
+    z = prior.encode(torch.rand(4, 3, 8, 8, generator=g))
+    t = torch.tensor([900, 900, 900, 900])
+    cams = torch.randn(4, 16, generator=g)
+    with torch.no_grad():   # a camera embedding that matters (the stage's starts at zero)
+        prior.unet.class_embedding.linear_2.weight.normal_(0, 0.5, generator=g)
+    free = prior.guided(z, t, ["a red chair"] * 4, [""] * 4, 3.0, cams, num_views=4, uncond_cameras=False)
+    both = prior.guided(z, t, ["a red chair"] * 4, [""] * 4, 3.0, cams, num_views=4)
+    torch.testing.assert_close(free.eps_uncond, prior.eps(z, t, [""] * 4, None, 4))
+    torch.testing.assert_close(free.eps_cond, prior.eps(z, t, ["a red chair"] * 4, cams, 4))
+    torch.testing.assert_close(both.eps_uncond, prior.eps(z, t, [""] * 4, cams, 4))
+    assert not torch.allclose(free.eps_uncond, both.eps_uncond)
+
+
 # --------------------------------------------------------------------------- evaluation
 
 @pytest.fixture(scope="module")

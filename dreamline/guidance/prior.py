@@ -111,13 +111,20 @@ class DiffusionPrior:
     @torch.no_grad()
     def guided(self, z_t: torch.Tensor, t: torch.Tensor, texts: list[str], negatives: list[str],
                scale: float, cameras: torch.Tensor | None = None, num_views: int = 1,
-               rescale: float = 0.0) -> Prediction:
+               rescale: float = 0.0, uncond_cameras: bool = True) -> Prediction:
         """Classifier-free guidance: uncond + scale * (cond - uncond), both in one UNet call
         (the sampler core's `classifier_free_guidance`, as the pipelines use it). `rescale`
-        applies Lin et al.'s CFG rescale to the x0 estimate only (MVDream's SDS)."""
+        applies Lin et al.'s CFG rescale to the x0 estimate only (MVDream's SDS).
+        `uncond_cameras` False: the unconditional branch runs with the camera embedding off, so
+        guidance amplifies what the cameras say along with the text (Zero-1-to-3 drops its pose
+        with its image for the same reason); two UNet calls then, as a batch shares its labels."""
         n = z_t.shape[0]
-        cams = None if cameras is None else torch.cat([cameras, cameras])
-        raw = self.raw(torch.cat([z_t, z_t]), torch.cat([t, t]), list(negatives) + list(texts), cams, num_views)
+        if cameras is not None and not uncond_cameras:
+            raw = torch.cat([self.raw(z_t, t, list(negatives), None, num_views),
+                             self.raw(z_t, t, list(texts), cameras, num_views)])
+        else:
+            cams = None if cameras is None else torch.cat([cameras, cameras])
+            raw = self.raw(torch.cat([z_t, z_t]), torch.cat([t, t]), list(negatives) + list(texts), cams, num_views)
         eps_u, x0_u = self.eps_and_x0(z_t, t, raw[:n])
         eps_c, x0_c = self.eps_and_x0(z_t, t, raw[n:])
         eps = classifier_free_guidance(eps_u, eps_c, scale)
