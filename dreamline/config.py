@@ -506,6 +506,9 @@ class EvaluateParams(Strict):
     elevation_deg: float = 30.0                     # DreamFusion's R-precision renders
     azimuths: int = Field(8, ge=4, le=360)
     resolution: int = Field(64, ge=16, le=1024)
+    # Assets' views frame "scene": the distillation cameras' sphere (distill.camera.radius), or
+    # "asset": each asset's own occupied sphere, as the render stage frames each object's.
+    framing: Literal["scene", "asset"] = "scene"
     # The ceiling row: this many mv views of each test object. The caption set (true prompt
     # plus distractors) is every test-split caption plus every distilled prompt.
     real_views_per_object: int = Field(4, ge=1, le=64)

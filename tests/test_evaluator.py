@@ -3,6 +3,7 @@ planted pairing (and do not learn a shuffled one), LiT and CLIP folders that loa
 overlap PSNR of a consistent vs an inconsistent asset, and the Janus proxy."""
 from __future__ import annotations
 
+import math
 import string
 
 import numpy as np
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from dreamline.representations.configs import VoxelParams
-from dreamline.evaluation.asset_metrics import AssetViews, consistency_psnr, janus_score, render_asset, turn_iou
+from dreamline.evaluation.asset_metrics import (AssetViews, consistency_psnr, janus_score, render_asset,
+                                                silhouette_radius, turn_iou)
 from dreamline.evaluation.evaluator import CLIPEvaluator, LiTEvaluator, load_evaluator, train_heads
 from dreamline.evaluation.metrics import r_precision
 from dreamline.representations.voxel import VoxelField
@@ -98,7 +100,7 @@ def test_overlap_psnr_separates_consistent_from_inconsistent_assets():
     assert len(consistent) == 8 and min(consistent) > 25.0
     rng = np.random.default_rng(0)
     noisy = AssetViews(views.azimuths, views.colour, views.geo, rng.random(views.albedo.shape).astype(np.float32),
-                       views.depth, views.cameras)
+                       views.depth, views.cameras, views.framed_radius)
     assert max(consistency_psnr(noisy)) < 12.0
 
 
@@ -138,6 +140,42 @@ def test_turn_iou_tells_a_solid_of_revolution_from_a_slab():
     iou = {name: turn_iou(render_asset(f, 8, 0.0, 48, 0.6).depth > 0, [45.0 * k for k in range(8)])
            for name, f in (("ball", ball), ("slab", slab))}
     assert iou["ball"] > 0.9 and iou["slab"] < 0.5, iou
+
+
+def test_asset_framing_fills_the_frame_as_the_render_stage_frames_objects():
+    p = VoxelParams(resolution=16, bound=0.6, blob_density=0.0, density_bias=0.0)
+    centres = (torch.arange(16) + 0.5) / 16 * 1.2 - 0.6
+    z_, y_, x_ = torch.meshgrid(centres, centres, centres, indexing="ij")
+
+    def field(inside: torch.Tensor) -> VoxelField:
+        f = VoxelField(p, torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            f.density.copy_(torch.where(inside, 30.0, -30.0)[None, None])
+        return f
+
+    ball = field(z_ ** 2 + y_ ** 2 + x_ ** 2 < 0.2 ** 2)     # radius 0.2 in a scene of radius 0.6
+    scene, own = (render_asset(ball, 4, 0.0, 48, 0.6, framing) for framing in ("scene", "asset"))
+    assert scene.framed_radius == 0.6 and 0.18 < own.framed_radius < 0.3, own.framed_radius
+
+    def side(masks):   # silhouette bounding-box side, share of the frame
+        return np.mean([np.ptp(np.nonzero(m)[1]) + 1 for m in masks]) / masks.shape[-1]
+
+    assert side(scene.depth > 0) < 0.45 < 0.75 < side(own.depth > 0) <= 1.0
+    bar = field((x_.abs() < 0.5) & (y_.abs() < 0.08) & (z_.abs() < 0.08))  # long one way: reaches 0.5
+    assert 0.48 < render_asset(bar, 8, 0.0, 48, 0.6, "asset").framed_radius < 0.6
+    empty = field(torch.zeros_like(x_, dtype=torch.bool))
+    assert render_asset(empty, 4, 0.0, 16, 0.6, "asset").framed_radius == 0.6
+    with pytest.raises(ValueError, match="framing"):
+        render_asset(ball, 4, 0.0, 16, 0.6, "object")
+
+
+def test_silhouette_radius_is_the_nearest_approach_of_the_outermost_ray():
+    masks = np.zeros((1, 4, 4), bool)
+    masks[0, 1:3, 1:3] = True              # the central 2 x 2 pixels: half the frame each way
+    # fov 90: the corner ray of the central block has tan = sqrt(0.5^2 + 0.5^2)
+    expected = 2.0 * math.sin(math.atan(math.sqrt(0.5)))
+    assert silhouette_radius(masks, 2.0, 90.0) == pytest.approx(expected)
+    assert silhouette_radius(np.zeros((2, 4, 4), bool), 2.0, 90.0) is None
 
 
 def test_heads_are_a_function_of_the_seed_not_of_the_global_rng():

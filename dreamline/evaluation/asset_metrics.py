@@ -27,7 +27,7 @@ import torch
 
 from dreamline.distill.sampling import azimuth_ring, fixed_views
 from dreamline.evaluation.textureless import AMBIENT
-from dreamline.rendering.cameras import Camera
+from dreamline.rendering.cameras import Camera, framing_distance
 from dreamline.rendering.reprojection import overlap_psnr, warp
 
 FOV = 40.0
@@ -41,6 +41,7 @@ class AssetViews:
     albedo: np.ndarray        # (N, H, W, 3) unshaded colour (view-independent: for consistency)
     depth: np.ndarray         # (N, H, W) expected depth / opacity where opaque, else 0
     cameras: list[Camera]
+    framed_radius: float      # the sphere the views frame (framing_distance at FOV)
 
 
 def turn_iou(masks: np.ndarray, azimuths: list[float], turn: float = 90.0, tol: float = 1.0) -> float | None:
@@ -58,12 +59,43 @@ def turn_iou(masks: np.ndarray, azimuths: list[float], turn: float = 90.0, tol: 
     return float(np.mean(ious)) if ious else None
 
 
+def silhouette_radius(masks: np.ndarray, distance: float, fov: float) -> float | None:
+    """Radius of the smallest sphere about the look-at point that holds every silhouette
+    pixel's ray's nearest approach to it, for (N, H, W) silhouettes seen from `distance` with a
+    square field of view `fov` (a bounding sphere of what the views show, tight for a convex
+    object); None for empty silhouettes. The pixel's far corner counts, so the object's edge
+    is kept."""
+    if not masks.any():
+        return None
+    h, w = masks.shape[-2:]
+    ys, xs = np.nonzero(masks.any(axis=0))
+    tan_half = math.tan(math.radians(fov) / 2.0)
+    u = (np.maximum(np.abs(xs - w / 2.0), np.abs(xs + 1 - w / 2.0)) / (w / 2.0)) * tan_half
+    v = (np.maximum(np.abs(ys - h / 2.0), np.abs(ys + 1 - h / 2.0)) / (h / 2.0)) * tan_half
+    theta = np.arctan(np.sqrt(u * u + v * v))
+    return float(distance * np.sin(theta).max())
+
+
 @torch.no_grad()
-def render_asset(rep, n_views: int, elevation: float, resolution: int, radius: float) -> AssetViews:
-    """Rendered on the representation's device; what comes back is on the CPU."""
+def render_asset(rep, n_views: int, elevation: float, resolution: int, radius: float,
+                 framing: str = "scene") -> AssetViews:
+    """Rendered on the representation's device; what comes back is on the CPU.
+    framing "scene": the views frame a sphere of `radius` (the distillation cameras' scene);
+    "asset": the sphere holding what those views show (opacity > 0.5, silhouette_radius;
+    `radius` if they show nothing), as the render stage frames each corpus object's bounding
+    sphere, so that an asset and a real test object fill the frame alike."""
+    if framing not in ("scene", "asset"):
+        raise ValueError(f"framing must be 'scene' or 'asset', got {framing!r}")
     az = azimuth_ring(n_views)
     device = rep.device
     views = fixed_views(az, elevation, FOV, radius, resolution, ambient=AMBIENT, device=device)
+    if framing == "asset":
+        seen = rep.render(views.cams, "albedo", None, torch.zeros(n_views, 3, resolution, resolution, device=device),
+                          need_normals=False).opacity[:, 0] > 0.5
+        own = silhouette_radius(seen.cpu().numpy(), framing_distance(FOV, radius), FOV)
+        if own is not None:
+            radius = own
+            views = fixed_views(az, elevation, FOV, radius, resolution, ambient=AMBIENT, device=device)
     white = torch.ones(n_views, 3, resolution, resolution, device=device)
     colour = rep.render(views.cams, "lambertian", views.light, white).rgb.clamp(0, 1).cpu()
     geo = rep.render(views.cams, "textureless", views.light, white).rgb.clamp(0, 1).cpu()
@@ -73,7 +105,7 @@ def render_asset(rep, n_views: int, elevation: float, resolution: int, radius: f
     albedo = (flat.rgb / flat.opacity.clamp_min(1e-6)).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
     d = float(views.cams.positions[0].norm())
     cams = [Camera.orbit(a, elevation, d, FOV, resolution) for a in az]
-    return AssetViews(az, colour, geo, albedo, depth, cams)
+    return AssetViews(az, colour, geo, albedo, depth, cams, radius)
 
 
 def consistency_psnr(v: AssetViews, depth_tol: float = 0.03) -> list[float]:

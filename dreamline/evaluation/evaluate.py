@@ -73,7 +73,7 @@ def evaluate_assets(p: EvaluateParams, evaluator, folders: list[Path], texts: li
     for folder in folders:
         rep, prompt = load_asset(folder, device=device)
         summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").exists() else {}
-        views = render_asset(rep, p.azimuths, p.elevation_deg, p.resolution, radius)
+        views = render_asset(rep, p.azimuths, p.elevation_deg, p.resolution, radius, p.framing)
         row = {"asset": str(folder), "prompt": prompt, "guidance_type": summary.get("guidance_type"),
                "representation_type": summary.get("representation_type"), "steps": summary.get("steps")}
         for kind, images in (("colour", views.colour), ("geo", views.geo)):
