@@ -124,36 +124,29 @@ def test_turn_iou_on_planted_silhouettes():
     assert turn_iou(np.stack([wide, narrow]), [0.0, 45.0]) is None
 
 
+def solid(inside: torch.Tensor) -> VoxelField:
+    """A 16^3 voxel field in the default bound 0.6, opaque where `inside` ([z, y, x]) holds."""
+    f = VoxelField(VoxelParams(resolution=16, bound=0.6, blob_density=0.0, density_bias=0.0),
+                   torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        f.density.copy_(torch.where(inside, 30.0, -30.0)[None, None])
+    return f
+
+
 def test_turn_iou_tells_a_solid_of_revolution_from_a_slab():
-    p = VoxelParams(resolution=16, blob_density=0.0, density_bias=0.0)
     x = torch.linspace(-1, 1, 16)
     z_, y_, x_ = torch.meshgrid(x, x, x, indexing="ij")
-
-    def field(inside: torch.Tensor) -> VoxelField:
-        f = VoxelField(p, torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            f.density.copy_(torch.where(inside, 30.0, -30.0)[None, None])
-        return f
-
-    ball = field(z_ ** 2 + y_ ** 2 + x_ ** 2 < 0.5)
-    slab = field((x_.abs() < 0.7) & (y_.abs() < 0.5) & (z_.abs() < 0.15))   # wide one way, thin the other
+    ball = solid(z_ ** 2 + y_ ** 2 + x_ ** 2 < 0.5)
+    slab = solid((x_.abs() < 0.7) & (y_.abs() < 0.5) & (z_.abs() < 0.15))   # wide one way, thin the other
     iou = {name: turn_iou(render_asset(f, 8, 0.0, 48, 0.6).depth > 0, [45.0 * k for k in range(8)])
            for name, f in (("ball", ball), ("slab", slab))}
     assert iou["ball"] > 0.9 and iou["slab"] < 0.5, iou
 
 
 def test_asset_framing_fills_the_frame_as_the_render_stage_frames_objects():
-    p = VoxelParams(resolution=16, bound=0.6, blob_density=0.0, density_bias=0.0)
-    centres = (torch.arange(16) + 0.5) / 16 * 1.2 - 0.6
+    centres = (torch.arange(16) + 0.5) / 16 * 1.2 - 0.6    # world coordinates of the cells
     z_, y_, x_ = torch.meshgrid(centres, centres, centres, indexing="ij")
-
-    def field(inside: torch.Tensor) -> VoxelField:
-        f = VoxelField(p, torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            f.density.copy_(torch.where(inside, 30.0, -30.0)[None, None])
-        return f
-
-    ball = field(z_ ** 2 + y_ ** 2 + x_ ** 2 < 0.2 ** 2)     # radius 0.2 in a scene of radius 0.6
+    ball = solid(z_ ** 2 + y_ ** 2 + x_ ** 2 < 0.2 ** 2)     # radius 0.2 in a scene of radius 0.6
     scene, own = (render_asset(ball, 4, 0.0, 48, 0.6, framing) for framing in ("scene", "asset"))
     assert scene.framed_radius == 0.6 and 0.18 < own.framed_radius < 0.3, own.framed_radius
 
@@ -161,9 +154,9 @@ def test_asset_framing_fills_the_frame_as_the_render_stage_frames_objects():
         return np.mean([np.ptp(np.nonzero(m)[1]) + 1 for m in masks]) / masks.shape[-1]
 
     assert side(scene.depth > 0) < 0.45 < 0.75 < side(own.depth > 0) <= 1.0
-    bar = field((x_.abs() < 0.5) & (y_.abs() < 0.08) & (z_.abs() < 0.08))  # long one way: reaches 0.5
+    bar = solid((x_.abs() < 0.5) & (y_.abs() < 0.08) & (z_.abs() < 0.08))  # long one way: reaches 0.5
     assert 0.48 < render_asset(bar, 8, 0.0, 48, 0.6, "asset").framed_radius < 0.6
-    empty = field(torch.zeros_like(x_, dtype=torch.bool))
+    empty = solid(torch.zeros_like(x_, dtype=torch.bool))
     assert render_asset(empty, 4, 0.0, 16, 0.6, "asset").framed_radius == 0.6
     with pytest.raises(ValueError, match="framing"):
         render_asset(ball, 4, 0.0, 16, 0.6, "object")
