@@ -318,7 +318,8 @@ def test_dreamline_serve_ended_by_a_signal_takes_its_server_with_it(tmp_path, ho
         os.kill(serve.pid, getattr(signal, how))
         if how == "SIGTERM":
             serve.wait(180)
-            assert serve.returncode in (0, 1), serve.returncode       # it ended itself, not the signal
+            # It ended itself (0, 1, or 130 when the interrupt unwound it), not by the signal (-15).
+            assert serve.returncode in (0, 1, 130), serve.returncode
         else:
             serve.wait(60)
             assert serve.returncode == -signal.SIGKILL
